@@ -1,0 +1,83 @@
+# The course's commands. The two that matter (see README.md):
+#   make lab    set everything up and open JupyterLab on notebooks/
+#   make test   set everything up and run the unit tests plus strict nbval over every notebook
+# Both are idempotent: a second run only re-checks what is installed.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.course-installed
+KERNEL := llm-course
+KERNEL_DISPLAY := Python 3 (LLM course)
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+JOBS ?= 2
+# GPU wheelhouse: the target interpreter of the offline GPU machine.
+WHEEL_PYTHON ?= 3.12
+WHEELHOUSE ?= wheelhouse
+
+.PHONY: help setup lab test unit outputs bench wheelhouse gpu-run constraints check-python clean
+
+help:
+	@echo "make lab         set up .venv and open JupyterLab on notebooks/"
+	@echo "make test        set up .venv, run unit tests and strict nbval on every notebook"
+	@echo "make unit        unit tests only (no notebooks)"
+	@echo "make outputs     re-execute every notebook in the canonical environment (stores outputs)"
+	@echo "make bench       record GPU benchmarks into data/results/ (needs CUDA)"
+	@echo "make wheelhouse  wheels for an offline GPU machine (Python $(WHEEL_PYTHON), manylinux x86_64)"
+	@echo "make gpu-run     on a GPU machine, from the wheelhouse: GPU tests + every notebook (lax)"
+	@echo "make constraints re-pin constraints.txt from the current .venv"
+
+check-python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { \
+	  echo "error: '$(PYTHON)' was not found. The course needs Python 3.11 or newer (3.11 is what the"; \
+	  echo "       stored outputs were made with). Install it, then run e.g. 'make test PYTHON=python3.11'."; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || { \
+	  echo "error: '$(PYTHON)' is Python $$($(PYTHON) -c 'import platform; print(platform.python_version())')."; \
+	  echo "       The course needs Python 3.11 or newer. Run e.g. 'make test PYTHON=python3.11',"; \
+	  echo "       or create the conda environment from environment.yml."; exit 1; }
+	@$(PYTHON) -c 'import venv, ensurepip' 2>/dev/null || { \
+	  echo "error: '$(PYTHON)' has no venv/ensurepip module. On Debian/Ubuntu: apt-get install python3-venv."; exit 1; }
+
+# The environment: rebuilt only when the dependency files change.
+$(STAMP): pyproject.toml constraints.txt | check-python
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[all]"
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "$(KERNEL_DISPLAY)" >/dev/null
+	@touch $@
+	@echo "environment ready in $(VENV) (kernel '$(KERNEL_DISPLAY)')"
+
+setup: $(STAMP)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks \
+	  --MappingKernelManager.default_kernel_name=$(KERNEL) $(LAB_ARGS)
+
+test: $(STAMP)
+	$(PY) -m course_lib.canonical run -- $(PY) -m pytest $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(PY) -m course_lib.canonical run -- $(PY) -m pytest tests $(PYTEST_ARGS)
+
+outputs: $(STAMP)
+	$(PY) -m course_lib.canonical execute -j $(JOBS) $(if $(NB),$(NB),$(NOTEBOOKS))
+
+bench: $(STAMP)
+	$(PY) -m course_lib.bench roofline
+
+constraints: $(STAMP)
+	@{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/'; } > constraints.txt.new
+	@mv constraints.txt.new constraints.txt && echo "constraints.txt re-pinned; now run 'make outputs'"
+
+wheelhouse: $(STAMP)
+	$(PY) -m course_lib.wheelhouse build --python $(WHEEL_PYTHON) --out $(WHEELHOUSE)
+
+# Run on the GPU machine (no internet), from a checkout that carries the wheelhouse.
+gpu-run:
+	bash tools/gpu_run.sh $(if $(BENCH),--bench) $(WHEELHOUSE)
+
+clean:
+	rm -rf $(VENV) build *.egg-info course_lib.egg-info .pytest_cache

@@ -1,0 +1,160 @@
+"""GPU benchmarks whose results are committed under data/results/ (``make bench``).
+
+    python -m course_lib.bench roofline [--name h100_roofline]
+
+Timing follows the usual GPU rules: warm-up first, CUDA events around many repetitions, the
+median reported, and enough distinct weight matrices in rotation that the 50 MB L2 cache of an
+H100 cannot hold them, so the numbers reflect HBM and not the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+from .env import require_cuda
+from .roofline import linear_bytes, linear_flops
+from .results import save_result
+
+LLAMA7B_MLP = (4096, 11008)  # (k, n) of Llama-2-7B's gate/up projection
+TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+def _timer(device):
+    """Return a function that times fn() in seconds on `device` (CUDA events or perf_counter)."""
+    import torch
+
+    if device.type == "cuda":
+        def time_cuda(fn) -> float:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize(device)
+            return start.elapsed_time(end) / 1e3
+        return time_cuda
+
+    def time_cpu(fn) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+    return time_cpu
+
+
+def median_time(fn, device, reps: int = 30, warmup: int = 5, inner: int = 1) -> float:
+    """Median seconds of one call of fn, over `reps` samples of `inner` calls each."""
+    timer = _timer(device)
+
+    def block() -> None:
+        for _ in range(inner):
+            fn()
+
+    for _ in range(warmup):
+        block()
+    return statistics.median(timer(block) for _ in range(reps)) / inner
+
+
+def linear_roofline(
+    device,
+    *,
+    k: int = LLAMA7B_MLP[0],
+    n: int = LLAMA7B_MLP[1],
+    tokens: tuple[int, ...] = TOKENS,
+    dtype=None,
+    n_weights: int = 4,
+    reps: int = 30,
+) -> list[dict]:
+    """Time y = x Wᵀ for W of shape (n, k) and m = tokens rows: decode (m=1) up to prefill (m large)."""
+    import torch
+
+    dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+    elt = torch.tensor([], dtype=dtype).element_size()
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    weights = [(torch.randn(n, k, generator=gen) / k**0.5).to(device, dtype) for _ in range(n_weights)]
+    rows = []
+    for m in tokens:
+        x = torch.randn(m, k, generator=gen).to(device, dtype)
+        state = {"i": 0}
+
+        def call() -> None:
+            state["i"] = (state["i"] + 1) % n_weights  # rotate: no weight is still in L2
+            torch.nn.functional.linear(x, weights[state["i"]])
+
+        seconds = median_time(call, device, reps=reps, inner=n_weights)
+        flops, nbytes = linear_flops(m, k, n), linear_bytes(m, k, n, elt)
+        rows.append({
+            "tokens": m,
+            "time_us": seconds * 1e6,
+            "us_per_token": seconds * 1e6 / m,
+            "tflops": flops / seconds / 1e12,
+            "gbps": nbytes / seconds / 1e9,
+            "intensity": flops / nbytes,
+        })
+    return rows
+
+
+def copy_bandwidth_gbps(device, nbytes: int = 2 << 30, reps: int = 20) -> float:
+    """Device-to-device copy bandwidth, counting bytes read plus bytes written."""
+    import torch
+
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    seconds = median_time(lambda: dst.copy_(src), device, reps=reps)
+    return 2 * nbytes / seconds / 1e9
+
+
+def matmul_tflops(device, size: int = 8192, dtype=None, reps: int = 20) -> float:
+    """Dense matmul throughput on random data, the compute roof."""
+    import torch
+
+    dtype = dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    seconds = median_time(lambda: a @ b, device, reps=reps)
+    return 2 * size**3 / seconds / 1e12
+
+
+def record_roofline(name: str = "h100_roofline") -> None:
+    import torch
+
+    require_cuda("The roofline benchmark")
+    device = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    bandwidth = copy_bandwidth_gbps(device)
+    peak = matmul_tflops(device)
+    rows = linear_roofline(device)
+    path = save_result(
+        name,
+        rows,
+        description=(
+            f"fp16 y = x·Wᵀ, W {LLAMA7B_MLP[1]}x{LLAMA7B_MLP[0]} (Llama-2-7B gate/up), 4 weights in rotation, "
+            "median of 30 CUDA-event samples"
+        ),
+        command=f"python -m course_lib.bench roofline --name {name}",
+        summary={"copy_gbps": bandwidth, "matmul_fp16_tflops": peak, "matmul_size": 8192},
+    )
+    print(f"wrote {path}: copy {bandwidth:.0f} GB/s, fp16 matmul {peak:.0f} TFLOP/s")
+    for row in rows:
+        print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course_lib.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="bench", required=True)
+    roof = sub.add_parser("roofline", help="decode vs prefill: a Llama-7B linear layer at 1..4096 tokens")
+    roof.add_argument("--name", default="h100_roofline")
+    args = parser.parse_args(argv)
+    try:
+        if args.bench == "roofline":
+            record_roofline(args.name)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

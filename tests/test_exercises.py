@@ -1,0 +1,51 @@
+"""Every exercise check passes its reference solution and fails the empty stub."""
+
+import importlib
+import importlib.util
+import pkgutil
+
+import pytest
+
+import course_lib.exercises as exercises
+from course_lib.env import REPO_ROOT
+
+CHAPTERS = [m.name for m in pkgutil.iter_modules(exercises.__path__) if m.name.startswith("ch")]
+CASES = [
+    (chapter, name)
+    for chapter in CHAPTERS
+    for name in importlib.import_module(f"course_lib.exercises.{chapter}").EXERCISES
+]
+
+
+def load_solutions(chapter):
+    path = REPO_ROOT / "solutions" / f"{chapter}.py"
+    spec = importlib.util.spec_from_file_location(f"solutions_{chapter}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def stub(*args, **kwargs):
+    raise NotImplementedError
+
+
+def test_every_chapter_has_exercises():
+    assert CHAPTERS and all(2 <= len(importlib.import_module(f"course_lib.exercises.{c}").EXERCISES) <= 4 for c in CHAPTERS)
+
+
+@pytest.mark.parametrize("chapter, name", CASES)
+def test_solution_passes_and_stub_fails(chapter, name, capsys):
+    check = importlib.import_module(f"course_lib.exercises.{chapter}").EXERCISES[name]
+    assert check(getattr(load_solutions(chapter), name)) is True
+    assert check(stub) is False
+    assert "not attempted yet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("chapter, name", CASES)
+def test_wrong_answers_fail(chapter, name, capsys):
+    check = importlib.import_module(f"course_lib.exercises.{chapter}").EXERCISES[name]
+    solution = getattr(load_solutions(chapter), name)
+    assert check(lambda *a: solution(*a) * 1.01) is False
+    assert check(lambda *a: 1 / 0) is False
+    out = capsys.readouterr().out
+    assert "[x]" in out and "ZeroDivisionError" in out

@@ -1,0 +1,55 @@
+import json
+
+import pytest
+import torch
+
+from course_lib import results
+
+
+def test_save_then_load_round_trips(tmp_path):
+    rows = [{"tokens": 1, "time_us": 10.0}, {"tokens": 2, "time_us": 11.0}]
+    path = results.save_result("demo", rows, description="d", command="c", summary={"x": 1}, directory=tmp_path)
+    rec = results.load_result("demo", directory=tmp_path)
+    assert path.name == "demo.json"
+    assert rec.rows == rows and rec.summary == {"x": 1}
+    assert rec.versions["torch"] == torch.__version__
+    assert len(rec.date) == 10 and rec.column("tokens") == [1, 2]
+    with pytest.raises(KeyError, match="nope"):
+        rec.column("nope")
+
+
+def test_missing_and_malformed_results_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="make bench"):
+        results.load_result("absent", directory=tmp_path)
+    (tmp_path / "bad.json").write_text(json.dumps({"name": "bad"}))
+    with pytest.raises(ValueError, match="lacks"):
+        results.load_result("bad", directory=tmp_path)
+    with pytest.raises(ValueError, match="no rows"):
+        results.save_result("empty", [], description="", command="", directory=tmp_path)
+
+
+def test_show_result_prints_recording_and_never_fakes_live(tmp_path, capsys):
+    results.save_result("demo", [{"n": 1, "t": 2.0}], description="desc", command="c", directory=tmp_path)
+    rec = results.load_result("demo", directory=tmp_path)
+    calls = []
+    results.show_result(rec, key=["n"], live=lambda: calls.append(1) or [{"n": 1, "t": 3.0}])
+    out = capsys.readouterr().out
+    assert "Recorded on" in out and "desc" in out
+    if torch.cuda.is_available():
+        assert calls and "live" in out
+    else:
+        assert not calls and "nothing was measured live" in out
+
+
+def test_merge_live_lines_rows_up_by_key():
+    merged = results.merge_live([{"n": 1, "t": 2.0}, {"n": 2, "t": 4.0}], [{"n": 2, "t": 5.0}], ["n"], ["t"])
+    assert merged == [{"n": 1, "t rec": 2.0, "t live": None}, {"n": 2, "t rec": 4.0, "t live": 5.0}]
+
+
+def test_committed_results_are_well_formed():
+    files = sorted(results.RESULTS_DIR.glob("*.json"))
+    assert files, "data/results/ should hold the recorded GPU results"
+    for path in files:
+        rec = results.load_result(path)
+        assert rec.name == path.stem and rec.rows
+        assert "torch" in rec.versions
