@@ -54,7 +54,7 @@ setup: $(STAMP)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir=notebooks \
-	  --MappingKernelManager.default_kernel_name=$(KERNEL) $(LAB_ARGS)
+	  --MappingKernelManager.default_kernel_name=$(KERNEL) $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 test: $(STAMP)
 	$(PY) -m course_lib.canonical run -- $(PY) -m pytest $(PYTEST_ARGS)
