@@ -1,0 +1,48 @@
+"""Token streams of the corpus splits, and calibration batches for the compression chapters.
+
+A split's documents are tokenized and joined into one stream, each followed by <|endoftext|>.
+The training recipe samples windows from the train stream, the perplexity protocol scores the
+test or validation stream, and GPTQ/AWQ/SparseGPT calibrate on windows of the calibration stream.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+
+def token_stream(split: str, tokenizer):
+    """All documents of a corpus split as one 1-D LongTensor, each followed by the eos token."""
+    import torch
+
+    return torch.tensor(_stream_ids(split, tokenizer), dtype=torch.long)
+
+
+@lru_cache(maxsize=16)
+def _stream_ids(split: str, tokenizer) -> tuple[int, ...]:
+    from .corpus import list_documents
+
+    if tokenizer.eos_token_id is None:
+        raise ValueError("The tokenizer has no eos token to separate documents with; set tokenizer.eos_token.")
+    ids: list[int] = []
+    for _, text in list_documents(split):
+        ids += tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
+    return tuple(ids)
+
+
+def calibration_batches(tokenizer, n_samples: int = 128, seq_len: int = 256, *, seed: int = 0,
+                        split: str = "calibration"):
+    """`n_samples` random windows of `seq_len` tokens from a split: a LongTensor (n_samples, seq_len).
+
+    The same seed gives the same windows. GPTQ's paper used 128 windows of 2048 tokens of C4; the
+    bundled model's context is 512, so the course's default is 128 x 256 from a held-out work.
+    """
+    import torch
+
+    if n_samples < 1 or seq_len < 1:
+        raise ValueError(f"n_samples and seq_len must be positive, got {n_samples} and {seq_len}.")
+    stream = token_stream(split, tokenizer)
+    if seq_len >= len(stream):
+        raise ValueError(f"seq_len {seq_len} is longer than the {split!r} split ({len(stream)} tokens).")
+    gen = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, len(stream) - seq_len, (n_samples,), generator=gen)
+    return torch.stack([stream[s : s + seq_len] for s in starts.tolist()])

@@ -1,0 +1,258 @@
+"""The training recipe of the bundled course model: a small Llama trained on the course corpus.
+
+    python -m course_lib.train --out runs/base --steps 4000            # train one model
+    python -m course_lib.train --smoke --out /tmp/smoke                 # a few steps on CPU (CI)
+
+The architecture is transformers' ``LlamaForCausalLM`` (RMSNorm, RoPE, SwiGLU, grouped-query
+attention), sized so that every linear layer's input and output are multiples of 128: group-128
+quantization and int4 packing then apply to q, k, v, o, gate, up and down alike.
+
+Training samples random windows from the train split (documents joined by ``<|endoftext|>``),
+uses AdamW with linear warm-up and cosine decay, bf16 autocast on CUDA and fp32 on CPU, evaluates
+the validation loss every ``eval_every`` steps and keeps the best weights (early stopping: the
+corpus has about 1.9M tokens, so a long run overfits). Given a seed it is deterministic on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .env import REPO_ROOT, choose_device, seed_everything
+from .tokens import token_stream
+
+TOKENIZER_DIR = REPO_ROOT / "data" / "course-model"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Model dimensions. Defaults: the shipped model."""
+
+    hidden: int = 256
+    layers: int = 8
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate: int = 768
+    max_positions: int = 512
+    attention_dropout: float = 0.0
+    linear_multiple: int = 128  # every linear in/out must divide by this (0: don't check)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 4000
+    batch_size: int = 64
+    seq_len: int = 256
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 200
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_tokens: int = 0  # 0: the whole validation split
+    seed: int = 0
+
+
+SMOKE = (ModelSpec(hidden=128, layers=2, heads=2, kv_heads=1, intermediate=256, max_positions=64, linear_multiple=0),
+         TrainConfig(steps=4, batch_size=2, seq_len=32, warmup=2, eval_every=2, eval_tokens=256))
+
+
+def llama_config(spec: ModelSpec, tokenizer):
+    """A transformers LlamaConfig for `spec`, with the tokenizer's vocabulary and special tokens."""
+    from transformers import LlamaConfig
+
+    if spec.hidden % spec.heads or spec.heads % spec.kv_heads:
+        raise ValueError(f"hidden ({spec.hidden}) must divide by heads ({spec.heads}), heads by kv_heads ({spec.kv_heads}).")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=spec.hidden,
+        intermediate_size=spec.intermediate,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
+        head_dim=spec.head_dim,
+        max_position_embeddings=spec.max_positions,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        attention_dropout=spec.attention_dropout,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return config
+
+
+def linear_shapes(model) -> dict[str, tuple[int, int]]:
+    """(in_features, out_features) of every nn.Linear in the model, by name."""
+    import torch
+
+    return {name: (m.in_features, m.out_features) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+def check_dims(model, multiple: int = 128) -> None:
+    """Raise if a linear layer's input or output size is not a multiple of `multiple`."""
+    bad = {n: s for n, s in linear_shapes(model).items() if s[0] % multiple or s[1] % multiple}
+    if bad:
+        raise ValueError(f"These linear layers are not multiples of {multiple} (in, out): {bad}")
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to cfg.lr, then cosine decay to cfg.lr * min_lr_ratio at cfg.steps."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def evaluate_loss(model, stream, seq_len: int, max_tokens: int = 0, batch_size: int = 32) -> float:
+    """Mean next-token loss over non-overlapping windows of `seq_len` tokens (token-weighted)."""
+    import torch
+
+    n_windows = (len(stream) - 1) // seq_len
+    if max_tokens:
+        n_windows = min(n_windows, max(1, max_tokens // seq_len))
+    if n_windows < 1:
+        raise ValueError(f"The evaluation stream ({len(stream)} tokens) is shorter than one window of {seq_len}.")
+    windows = stream[: n_windows * seq_len].view(n_windows, seq_len)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    with torch.no_grad(), _autocast(device):
+        for i in range(0, n_windows, batch_size):
+            batch = windows[i : i + batch_size].to(device)
+            out = model(input_ids=batch, labels=batch)
+            total += out.loss.float().item() * batch.shape[0]
+    model.train(was_training)
+    return total / n_windows
+
+
+def _autocast(device):
+    import contextlib
+
+    import torch
+
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class TrainResult:
+    best_step: int
+    best_val_loss: float
+    params: int
+    tokens_seen: int
+    seconds: float
+    device: str
+    log: list[dict] = field(default_factory=list)
+
+
+def train(spec: ModelSpec, cfg: TrainConfig, device=None, *, out_dir: Path | None = None,
+          tokenizer_dir: Path = TOKENIZER_DIR, quiet: bool = False) -> tuple[object, TrainResult]:
+    """Train a model; returns (model with the best validation weights, TrainResult)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    device = choose_device(device) if not isinstance(device, torch.device) else device
+    seed_everything(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    train_ids, val_ids = token_stream("train", tokenizer), token_stream("validation", tokenizer)
+    model = LlamaForCausalLM(llama_config(spec, tokenizer)).to(device)
+    if spec.linear_multiple:
+        check_dims(model, spec.linear_multiple)
+    params = sum(p.numel() for p in model.parameters())
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95),
+                            fused=device.type == "cuda")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    log: list[dict] = []
+    best = (math.inf, -1, None)
+    start = time.perf_counter()
+    model.train()
+    running, count = torch.zeros((), device=device), 0  # train loss summed since the last evaluation
+    for step in range(cfg.steps + 1):
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            val = evaluate_loss(model, val_ids, cfg.seq_len, cfg.eval_tokens)
+            train_loss = (running / count).item() if count else None
+            running, count = torch.zeros((), device=device), 0
+            row = {"step": step, "tokens": step * cfg.batch_size * cfg.seq_len, "train_loss": train_loss,
+                   "val_loss": val, "lr": lr_at(min(step, cfg.steps - 1), cfg), "seconds": time.perf_counter() - start}
+            log.append(row)
+            if not quiet:
+                print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+            if val < best[0]:
+                best = (val, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        if step == cfg.steps:
+            break
+        starts = torch.randint(0, len(train_ids) - cfg.seq_len - 1, (cfg.batch_size,), generator=gen)
+        batch = torch.stack([train_ids[s : s + cfg.seq_len] for s in starts.tolist()]).to(device)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        with _autocast(device):
+            loss = model(input_ids=batch, labels=batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        running, count = running + loss.detach().float(), count + 1
+    model.load_state_dict(best[2])
+    result = TrainResult(best_step=best[1], best_val_loss=best[0], params=params,
+                         tokens_seen=best[1] * cfg.batch_size * cfg.seq_len,
+                         seconds=time.perf_counter() - start, device=str(device), log=log)
+    if out_dir is not None:
+        save(model, tokenizer_dir, out_dir, spec, cfg, result)
+    return model, result
+
+
+def save(model, tokenizer_dir: Path, out_dir: Path, spec: ModelSpec, cfg: TrainConfig, result: TrainResult) -> None:
+    """Save the model in bf16 safetensors with its tokenizer, recipe and training log."""
+    import torch
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.to(torch.bfloat16).save_pretrained(out_dir)
+    for name in TOKENIZER_FILES:
+        src = Path(tokenizer_dir) / name
+        if src.exists() and src.resolve() != (out_dir / name).resolve():
+            shutil.copy(src, out_dir / name)
+    record = {"spec": asdict(spec), "train": asdict(cfg), **{k: v for k, v in asdict(result).items() if k != "log"}}
+    (out_dir / "training.json").write_text(json.dumps({**record, "log": result.log}, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course_lib.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True, help="directory for the trained model")
+    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, mps")
+    parser.add_argument("--smoke", action="store_true", help="a tiny model for a few steps (CI)")
+    for f in ModelSpec.__dataclass_fields__.values():
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
+    for f in TrainConfig.__dataclass_fields__.values():
+        parser.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None)
+    args = vars(parser.parse_args(argv))
+    spec, cfg = SMOKE if args["smoke"] else (ModelSpec(), TrainConfig())
+    spec = ModelSpec(**{**asdict(spec), **{k: args[k] for k in asdict(spec) if args[k] is not None}})
+    cfg = TrainConfig(**{**asdict(cfg), **{k: args[k] for k in asdict(cfg) if args[k] is not None}})
+    _, result = train(spec, cfg, args["device"], out_dir=args["out"])
+    print(f"best validation loss {result.best_val_loss:.4f} (ppl {math.exp(result.best_val_loss):.2f}) at step "
+          f"{result.best_step}; {result.params / 1e6:.2f}M parameters; {result.seconds:.0f} s on {result.device}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
