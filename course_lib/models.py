@@ -56,11 +56,31 @@ def _load(loader, source: str, **kwargs):
     if offline:
         raise ModelUnavailableError(f"{source!r} is not in the local Hugging Face cache and the hub is offline "
                                     f"(HF_HUB_OFFLINE=1). {hint}") from None
+    reachable, why = _hub_reachable()
+    if not reachable:
+        raise ModelUnavailableError(f"{source!r} is not in the local Hugging Face cache and the hub can't be "
+                                    f"reached ({why}). {hint}") from None
     try:
         return loader.from_pretrained(source, **kwargs)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise ModelUnavailableError(f"Could not load {source!r} from the hub ({first}). {hint}") from None
+
+
+def _hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
+    """One TCP connection to the hub's endpoint, so that an offline machine fails in seconds
+    instead of waiting through the hub client's retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+        return True, ""
+    except OSError as exc:
+        return False, f"{url.hostname}:{port}: {exc.strerror or type(exc).__name__}"
 
 
 def load_tokenizer(name: str | None = None):

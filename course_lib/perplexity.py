@@ -57,6 +57,8 @@ def windows(n_tokens: int, seq_len: int, stride: int) -> list[tuple[int, int, in
     out, scored_until, begin = [], 1, 0  # token 0 has no context
     while scored_until < n_tokens:
         end = min(begin + seq_len, n_tokens)
+        if end - max(scored_until, begin + 1) < 1:  # nothing left this window could score
+            break
         out.append((begin, end, scored_until))
         scored_until = end
         begin += stride
