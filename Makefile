@@ -67,6 +67,7 @@ outputs: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m course_lib.bench roofline
+	$(PY) -m course_lib.bench prefill-decode
 
 constraints: $(STAMP)
 	@{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/'; } > constraints.txt.new

@@ -1,6 +1,7 @@
 """GPU benchmarks whose results are committed under data/results/ (``make bench``).
 
     python -m course_lib.bench roofline [--name h100_roofline]
+    python -m course_lib.bench prefill-decode [--name h100_prefill_decode]
 
 Timing follows the usual GPU rules: warm-up first, CUDA events around many repetitions, the
 median reported, and enough distinct weight matrices in rotation that the 50 MB L2 cache of an
@@ -116,10 +117,79 @@ def matmul_tflops(device, size: int = 8192, dtype=None, reps: int = 20) -> float
     return 2 * size**3 / seconds / 1e12
 
 
-def record_roofline(name: str = "h100_roofline") -> None:
+def prefill_decode_times(model, *, prompt_tokens: int = 256, new_tokens: int = 64, reps: int = 5,
+                         seed: int = 0) -> dict:
+    """Time one prefill of `prompt_tokens` and `new_tokens` single-token decode steps with the KV cache.
+
+    Returns per-token costs: prefill processes the whole prompt in one forward pass; each decode
+    step is a forward pass over one token that reads the cache and every weight.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    vocab = model.config.vocab_size
+    gen = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(1, vocab, (1, prompt_tokens), generator=gen).to(device)
+    steps = torch.randint(1, vocab, (new_tokens, 1, 1), generator=gen).to(device)
+    timer = _timer(device)
+    state = {}
+
+    def prefill() -> None:
+        state["past"] = model(input_ids=prompt, use_cache=True).past_key_values
+
+    def decode() -> None:
+        past = state["past"]
+        for tok in steps:
+            past = model(input_ids=tok, past_key_values=past, use_cache=True).past_key_values
+
+    prefill_s, decode_s = [], []
+    with torch.no_grad():
+        for i in range(reps + 1):
+            p, d = timer(prefill), timer(decode)
+            if i:  # the first round warms up
+                prefill_s.append(p)
+                decode_s.append(d)
+    prefill_t, decode_t = statistics.median(prefill_s), statistics.median(decode_s) / new_tokens
+    return {"prompt_tokens": prompt_tokens, "new_tokens": new_tokens,
+            "prefill_ms": prefill_t * 1e3, "prefill_us_per_token": prefill_t * 1e6 / prompt_tokens,
+            "decode_us_per_token": decode_t * 1e6, "decode_vs_prefill_per_token": decode_t / (prefill_t / prompt_tokens)}
+
+
+def device_slug(name: str | None = None) -> str:
+    """A short file-name prefix for a GPU name (default: this GPU): 'NVIDIA H100 80GB HBM3' -> 'h100'."""
+    import re
+
+    import torch
+
+    name = name or torch.cuda.get_device_name(0)
+    match = re.search(r"\b([A-Z]+\d+[A-Za-z]*)\b", name.replace("NVIDIA", ""))
+    return (match.group(1) if match else re.sub(r"\W+", "_", name.replace("NVIDIA", "").strip())).lower()
+
+
+def record_prefill_decode(name: str | None = None) -> None:
+    import torch
+
+    from .models import load_model
+
+    require_cuda("The prefill/decode benchmark")
+    name = name or f"{device_slug()}_prefill_decode"
+    rows = []
+    for dtype in (torch.bfloat16, torch.float32):
+        model, _ = load_model(device="cuda", dtype=dtype)
+        for prompt in (64, 256):
+            rows.append({"dtype": str(dtype).replace("torch.", ""), **prefill_decode_times(model, prompt_tokens=prompt)})
+    path = save_result(name, rows, description="bundled course model: one prefill, then 64 decode steps with the "
+                       "KV cache, batch 1, median of 5", command=f"python -m course_lib.bench prefill-decode --name {name}")
+    print(f"wrote {path}")
+    for row in rows:
+        print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
+
+
+def record_roofline(name: str | None = None) -> None:
     import torch
 
     require_cuda("The roofline benchmark")
+    name = name or f"{device_slug()}_roofline"
     device = torch.device("cuda")
     torch.backends.cuda.matmul.allow_tf32 = False
     bandwidth = copy_bandwidth_gbps(device)
@@ -145,11 +215,15 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="bench", required=True)
     roof = sub.add_parser("roofline", help="decode vs prefill: a Llama-7B linear layer at 1..4096 tokens")
-    roof.add_argument("--name", default="h100_roofline")
+    roof.add_argument("--name", default=None, help="result file name (default: <gpu>_roofline)")
+    pd = sub.add_parser("prefill-decode", help="the bundled model: prefill vs decode time per token")
+    pd.add_argument("--name", default=None, help="result file name (default: <gpu>_prefill_decode)")
     args = parser.parse_args(argv)
     try:
         if args.bench == "roofline":
             record_roofline(args.name)
+        elif args.bench == "prefill-decode":
+            record_prefill_decode(args.name)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -31,6 +31,20 @@ def test_linear_roofline_runs_on_cpu_and_counts_right():
         assert r["tflops"] * 1e12 == pytest.approx(r["gbps"] * 1e9 * r["intensity"], rel=1e-9)
 
 
+@pytest.mark.parametrize("name, slug", [("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H200", "h200"),
+                                        ("Tesla T4", "t4"), ("NVIDIA GeForce RTX 4090", "geforce_rtx_4090")])
+def test_result_files_are_named_after_the_gpu(name, slug):
+    assert bench.device_slug(name) == slug
+
+
+def test_prefill_decode_times_on_cpu():
+    from course_lib.models import tiny_model
+
+    row = bench.prefill_decode_times(tiny_model("llama"), prompt_tokens=16, new_tokens=4, reps=1)
+    assert row["prompt_tokens"] == 16 and row["prefill_ms"] > 0
+    assert row["decode_vs_prefill_per_token"] == pytest.approx(row["decode_us_per_token"] / row["prefill_us_per_token"])
+
+
 def test_bench_refuses_without_cuda(capsys):
     if torch.cuda.is_available():
         pytest.skip("checks the no-CUDA path")

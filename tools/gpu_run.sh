@@ -25,6 +25,7 @@ echo "== installed into $VENV: $("$VENV/bin/python" -c 'import torch, course_lib
 if [ "$BENCH" = 1 ]; then
   echo "== recording GPU benchmarks into data/results/"
   "$VENV/bin/python" -m course_lib.bench roofline
+  "$VENV/bin/python" -m course_lib.bench prefill-decode
 fi
 OPTS=(-o "addopts=-p no:cacheprovider -p course_lib.nbval_plugin" -p no:randomly)
 echo "== unit tests on CUDA"
