@@ -1,15 +1,15 @@
 """A wheelhouse for an offline GPU machine: every wheel the course needs that its image lacks.
 
-    python -m course_lib.wheelhouse build [--python 3.12] [--extras test,notebooks]
+    python -m course_lib.wheelhouse build [--python 3.12] [--extras test,notebooks,eval]
                                           [--base gpu-image|torch] [--out wheelhouse]
 
-It takes course_lib's requirements and those of the chosen extras from pyproject.toml, drops what
-the base image already has, resolves the rest for the target interpreter on manylinux x86_64 with
-pip's own resolver (a dry run with the target's platform tags and constraints.txt) and downloads
-the result as binary wheels. Pure-Python wheels work on any target; compiled ones are
+It takes course_lib's requirements and those of the chosen extras from pyproject.toml, walks their
+dependencies through this (pinned) environment down to what the base image already has, and
+downloads the rest at the pinned versions as binary wheels for the target interpreter on manylinux
+x86_64. Pure-Python wheels work on any target; compiled ones are
 fetched for the target's Python and platform. The result installs with no network:
 
-    pip install --no-index --find-links wheelhouse -e ".[test,notebooks]"
+    pip install --no-index --find-links wheelhouse -e ".[test,notebooks,eval]"
 
 Base images (packages never downloaded, because the image provides them):
 * ``torch``: a stock CUDA PyTorch image: torch, triton, the nvidia/cuda runtime wheels and torch's
@@ -25,7 +25,6 @@ import json
 import re
 import subprocess
 import sys
-import tempfile
 import tomllib
 from pathlib import Path
 
@@ -95,32 +94,62 @@ def requirements(extras: str, base: set[str]) -> list[str]:
     return sorted({r for r in reqs if not in_base(Requirement(r).name, base)})
 
 
-def resolve(python: str, reqs: list[str], workdir: Path) -> list[dict]:
-    """pip's resolution of `reqs` for the target: a list of {name, version}."""
-    report = workdir / "report.json"
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed",
-           "--report", str(report), "--target", str(workdir / "target"), *pip_target_args(python),
-           "-c", str(REPO_ROOT / "constraints.txt"), *reqs]
-    subprocess.run(cmd, check=True)
-    items = json.loads(report.read_text())["install"]
-    return [{"name": i["metadata"]["name"], "version": i["metadata"]["version"]} for i in items]
+def resolve(python: str, reqs: list[str], base: set[str]) -> list[dict]:
+    """The pinned closure of `reqs`: {name, version} of every package they need, transitively.
+
+    Versions come from this environment, which `make` installs from constraints.txt, so the
+    wheelhouse holds exactly the versions behind the stored outputs. Markers are evaluated for the
+    target (Linux x86_64, Python `python`). The walk stops at the base image's packages, so torch and
+    its CUDA wheels are never resolved (pip can't resolve them for another platform reliably).
+    """
+    from importlib import metadata
+
+    from packaging.markers import default_environment
+    from packaging.requirements import Requirement
+
+    target = {**default_environment(), "python_version": python, "python_full_version": f"{python}.0",
+              "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64"}
+    found: dict[str, dict] = {}
+    todo = [(Requirement(r), "") for r in reqs]
+    while todo:
+        req, extra = todo.pop()
+        if req.marker is not None and not req.marker.evaluate({**target, "extra": extra}):
+            continue
+        name = normalize(req.name)
+        if in_base(name, base) or name in found:
+            continue
+        try:
+            dist = metadata.distribution(req.name)
+        except metadata.PackageNotFoundError:
+            raise RuntimeError(f"{req.name} is needed for the wheelhouse but is not installed here: run `make setup` "
+                               "first (the wheelhouse takes its versions from the pinned environment).") from None
+        found[name] = {"name": dist.metadata["Name"], "version": dist.version}
+        for line in dist.requires or []:
+            sub = Requirement(line)
+            for wanted_extra in [""] + sorted(req.extras):
+                if sub.marker is None or sub.marker.evaluate({**target, "extra": wanted_extra}):
+                    todo.append((Requirement(str(sub).split(";")[0]), ""))
+                    break
+    return sorted(found.values(), key=lambda r: normalize(r["name"]))
 
 
 def build(python: str, extras: str, base: str, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     skip = base_packages(base)
-    with tempfile.TemporaryDirectory() as tmp:
-        resolved = resolve(python, requirements(extras, skip), Path(tmp))
-    wanted = [r for r in resolved if not in_base(r["name"], skip)]
-    if wanted:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(out),
-                        *pip_target_args(python), *[f"{r['name']}=={r['version']}" for r in wanted]], check=True)
+    wanted = resolve(python, requirements(extras, skip), skip)
+    for spec in [f"{r['name']}=={r['version']}" for r in wanted]:
+        download = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(out),
+                    *pip_target_args(python), spec]
+        if subprocess.run(download, capture_output=True).returncode != 0:
+            # no wheel on the index (an sdist-only package): build one here; pure Python ones fit any target
+            subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), spec], check=True)
+            built = sorted(out.glob(f"{normalize(spec.split('==')[0]).replace('-', '_')}-*.whl"))
+            if built and not built[-1].name.endswith("-none-any.whl"):
+                raise RuntimeError(f"{spec} has no wheel for the target and builds a platform wheel here: {built[-1].name}")
     lock = out / "requirements.txt"
     lock.write_text("".join(f"{r['name']}=={r['version']}\n" for r in sorted(wanted, key=lambda r: normalize(r["name"]))))
     size = sum(p.stat().st_size for p in out.glob("*.whl"))
-    provided = sorted(r["name"] for r in resolved if in_base(r["name"], skip))
     print(f"{len(wanted)} wheels, {size / 2**20:.1f} MiB in {out} for Python {python} (base image '{base}')")
-    print(f"left to the image: {', '.join(provided)}")
     return out
 
 
@@ -130,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build")
     b.add_argument("--python", default="3.12", help="target interpreter version (default 3.12)")
-    b.add_argument("--extras", default="test,notebooks", help="course_lib extras to include")
+    b.add_argument("--extras", default="test,notebooks,eval", help="course_lib extras to include")
     b.add_argument("--base", default="gpu-image", choices=["gpu-image", "torch"])
     b.add_argument("--out", type=Path, default=REPO_ROOT / "wheelhouse")
     args = parser.parse_args(argv)

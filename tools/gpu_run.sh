@@ -19,7 +19,7 @@ VENV=${COURSE_GPU_VENV:-$(mktemp -d)/venv}
 # point the new venv at the image's site-packages explicitly (after its own, which take precedence).
 "$PYTHON" -c 'import site; print("\n".join(site.getsitepackages()))' \
   > "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_gpu_image.pth"
-"$VENV/bin/python" -m pip install --quiet --no-index --find-links "$WHEELHOUSE" --no-build-isolation -e ".[test,notebooks]"
+"$VENV/bin/python" -m pip install --quiet --no-index --find-links "$WHEELHOUSE" --no-build-isolation -e ".[test,notebooks,eval]"
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name llm-course --display-name "Python 3 (LLM course)" >/dev/null
 echo "== installed into $VENV: $("$VENV/bin/python" -c 'import torch, course_lib; print("torch", torch.__version__, "on", torch.cuda.get_device_name(0), "| course_lib", course_lib.__version__)')"
 if [ "$BENCH" = 1 ]; then
