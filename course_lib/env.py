@@ -69,6 +69,21 @@ def apply_library_env() -> None:
             env[key] = "0"
     for key, value in env.items():
         os.environ.setdefault(key, value)
+    quiet_library_loggers()
+
+
+# Loggers that print harmless import-time noise into notebooks, with machine-specific paths:
+# transformers imports torchao whenever it loads a model; torchao then warns about its compiled
+# extensions built for other Python/CUDA versions (unused on CPU), and torch about torchao's enums.
+NOISY_LOGGERS = ("torchao", "torch.utils._pytree")
+
+
+def quiet_library_loggers() -> None:
+    """Show only errors from NOISY_LOGGERS (set before the libraries are imported)."""
+    import logging
+
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def is_canonical() -> bool:

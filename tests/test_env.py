@@ -102,3 +102,14 @@ def test_pins_are_read_and_drift_is_reported(tmp_path, monkeypatch):
     assert course_env.pinned_versions(fake) == {"torch": "0.0.1"}
     monkeypatch.setattr(course_env, "pinned_versions", lambda: {"torch": "0.0.1"})
     assert course_env.version_drift(("torch",))["torch"][1] == "0.0.1"
+
+
+def test_import_noise_of_libraries_is_quiet():
+    """transformers imports torchao on every model load; its warnings carry machine paths."""
+    import subprocess
+    import sys
+
+    code = "import course_lib; import transformers.quantizers.auto"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Failed to load" not in proc.stderr and "register_constant" not in proc.stderr, proc.stderr[-2000:]
