@@ -41,7 +41,7 @@ def other_splits_text() -> str:
 def bundled():
     from course_lib.models import load_model
 
-    return load_model()
+    return load_model(device="cpu")  # float32: the CLI test compares with the command line on CPU
 
 
 @cache
