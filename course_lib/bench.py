@@ -185,6 +185,39 @@ def record_prefill_decode(name: str | None = None) -> None:
         print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
 
 
+def record_model_eval(name: str | None = None) -> None:
+    """The bundled model's perplexities and lm-eval scores in bf16 on this GPU and in fp32 on its CPU."""
+    import time
+
+    import torch
+
+    from .lm_eval_tasks import evaluate
+    from .models import load_model
+    from .perplexity import FAST, FULL, FULL_VALIDATION, perplexity
+
+    require_cuda("The model evaluation record")
+    name = name or f"{device_slug()}_course_model_eval"
+    rows = []
+    for device, dtype in (("cuda", torch.bfloat16), ("cpu", torch.float32)):
+        model, tokenizer = load_model(device=device, dtype=dtype)
+        row = {"device": device, "dtype": str(dtype).replace("torch.", "")}
+        start = time.perf_counter()
+        for label, protocol in (("fast", FAST), ("full_test", FULL), ("full_validation", FULL_VALIDATION)):
+            row[f"ppl_{label}"] = perplexity(model, tokenizer, protocol).ppl
+        row["ppl_seconds"] = time.perf_counter() - start
+        start = time.perf_counter()
+        row.update(evaluate(model, tokenizer, batch_size=64))
+        row["lm_eval_seconds"] = time.perf_counter() - start
+        rows.append(row)
+    path = save_result(name, rows, description="bundled course model: perplexity protocols (course_lib.perplexity) "
+                       "and the local lm-eval tasks (course_lib.lm_eval_tasks), whole",
+                       summary={"cpu_threads": torch.get_num_threads()},
+                       command=f"python -m course_lib.bench model-eval --name {name}")
+    print(f"wrote {path}")
+    for row in rows:
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+
+
 def record_roofline(name: str | None = None) -> None:
     import torch
 
@@ -218,12 +251,16 @@ def main(argv: list[str] | None = None) -> int:
     roof.add_argument("--name", default=None, help="result file name (default: <gpu>_roofline)")
     pd = sub.add_parser("prefill-decode", help="the bundled model: prefill vs decode time per token")
     pd.add_argument("--name", default=None, help="result file name (default: <gpu>_prefill_decode)")
+    ev = sub.add_parser("model-eval", help="the bundled model: perplexities and lm-eval scores, GPU bf16 and CPU fp32")
+    ev.add_argument("--name", default=None, help="result file name (default: <gpu>_course_model_eval)")
     args = parser.parse_args(argv)
     try:
         if args.bench == "roofline":
             record_roofline(args.name)
         elif args.bench == "prefill-decode":
             record_prefill_decode(args.name)
+        elif args.bench == "model-eval":
+            record_model_eval(args.name)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -53,3 +53,14 @@ def test_committed_results_are_well_formed():
         rec = results.load_result(path)
         assert rec.name == path.stem and rec.rows
         assert "torch" in rec.versions
+
+
+def test_recorded_model_eval_agrees_with_the_card_and_the_cpu():
+    """The bundled model scored in bf16 on the H100 and in fp32 on its CPU (python -m course_lib.bench model-eval)."""
+    rec = results.load_result("h100_course_model_eval")
+    gpu, cpu = (next(r for r in rec.rows if r["device"] == d) for d in ("cuda", "cpu"))
+    assert gpu["dtype"] == "bfloat16" and cpu["dtype"] == "float32"
+    assert f"{cpu['ppl_full_test']:.2f}" == "41.39" and f"{cpu['ppl_fast']:.2f}" == "44.29"  # the card's numbers
+    for key in ("ppl_fast", "ppl_full_test", "ppl_full_validation", "bits_per_byte"):
+        assert gpu[key] == pytest.approx(cpu[key], rel=1e-3), key  # bf16 on the GPU changes the 4th digit at most
+    assert gpu["acc_mutual_info"] > 0.45 and cpu["acc_mutual_info"] > 0.45  # well above chance (0.25)

@@ -45,10 +45,11 @@ def test_prefill_decode_times_on_cpu():
     assert row["decode_vs_prefill_per_token"] == pytest.approx(row["decode_us_per_token"] / row["prefill_us_per_token"])
 
 
-def test_bench_refuses_without_cuda(capsys):
+@pytest.mark.parametrize("which", ["roofline", "prefill-decode", "model-eval"])
+def test_bench_refuses_without_cuda(capsys, which):
     if torch.cuda.is_available():
         pytest.skip("checks the no-CUDA path")
-    assert bench.main(["roofline", "--name", "never_written"]) == 2
+    assert bench.main([which, "--name", "never_written"]) == 2
     assert "needs an NVIDIA GPU" in capsys.readouterr().err
 
 

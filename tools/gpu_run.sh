@@ -26,9 +26,10 @@ if [ "$BENCH" = 1 ]; then
   echo "== recording GPU benchmarks into data/results/"
   "$VENV/bin/python" -m course_lib.bench roofline
   "$VENV/bin/python" -m course_lib.bench prefill-decode
+  "$VENV/bin/python" -m course_lib.bench model-eval
 fi
 OPTS=(-o "addopts=-p no:cacheprovider -p course_lib.nbval_plugin" -p no:randomly)
-echo "== unit tests on CUDA"
-"$VENV/bin/python" -m pytest "${OPTS[@]}" -q -rs tests
+echo "== unit tests on CUDA (${COURSE_GPU_WORKERS:-4} xdist workers sharing the GPU)"
+"$VENV/bin/python" -m pytest "${OPTS[@]}" -n "${COURSE_GPU_WORKERS:-4}" --dist loadfile -q -rs tests
 echo "== notebooks on CUDA (nbval-lax: every cell must run without error)"
 "$VENV/bin/python" -m pytest "${OPTS[@]}" -q --nbval-lax --nbval-current-env --nbval-cell-timeout 900 notebooks
