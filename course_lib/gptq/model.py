@@ -1,0 +1,272 @@
+"""GPTQ over a whole decoder-only model, block by block (the paper's "sequential" pipeline).
+
+    calib = course_lib.tokens.calibration_batches(tok, 128, 256)    # LongTensor (n, seq)
+    report = gptq_quantize_model(model, calib, bits=4, group_size=128)
+    print_table(report.rows())
+
+1. Run the model on the calibration tokens until decoder block 0 and record its inputs: the
+   hidden states and the keyword arguments the block needs (attention mask, rotary (cos, sin),
+   position ids, ...), one entry per calibration batch.
+2. For each block, in order: for each group of linear layers (true-sequential: [q, k, v], then
+   [o], then [gate, up], then [down]), run the block on the recorded inputs with hooks that
+   accumulate every group member's Hessian H = 2/n sum x x^T (stopping the forward as soon as the
+   whole group has seen the batch), quantize the group with GPTQ and write the dequantized weights
+   in; the next group's inputs therefore come from the already-quantized earlier groups.
+3. Run the quantized block on its inputs: its outputs are the next block's inputs, so every block
+   is calibrated on what the quantized model before it really produces.
+
+Only one block's activations are held at a time. The model ends up "fake-quantized" (float
+weights holding the dequantized GPTQ values, as quantize_model_rtn does); report.results keeps each
+layer's codes, scales, zeros and g_idx for QuantLinear and save_gptq_checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .core import GPTQResult, check_gptq_args, gptq_quantize_weight
+from .hessian import HessianAccumulator
+
+_ATTN = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
+_LLAMA = [_ATTN, ["self_attn.o_proj"], ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+# model_type -> (path of the decoder blocks, true-sequential groups of linear layers inside a block)
+ARCHITECTURES: dict[str, tuple[str, list[list[str]]]] = {
+    "llama": ("model.layers", _LLAMA),
+    "qwen2": ("model.layers", _LLAMA),
+    "mistral": ("model.layers", _LLAMA),
+    "opt": ("model.decoder.layers", [_ATTN, ["self_attn.out_proj"], ["fc1"], ["fc2"]]),
+}
+_CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past", "use_cache")
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass early once the needed inputs are recorded."""
+
+
+@dataclass
+class GPTQReport:
+    """What gptq_quantize_model did. layers: one dict per quantized layer
+    {"name", "shape" (out, in), "loss" (GPTQResult.loss), "damp", "seconds"}; results: name -> GPTQResult."""
+
+    model: nn.Module
+    bits: int
+    group_size: int | None
+    symmetric: bool
+    act_order: bool
+    static_groups: bool
+    true_sequential: bool
+    percdamp: float
+    n_samples: int
+    seq_len: int
+    layers: list[dict] = field(default_factory=list)
+    results: dict[str, GPTQResult] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def rows(self) -> list[dict]:
+        """One row per layer for print_table: layer, shape (out x in), loss."""
+        return [{"layer": d["name"], "shape": "x".join(map(str, d["shape"])), "loss": d["loss"]} for d in self.layers]
+
+    @property
+    def total_loss(self) -> float:
+        return sum(d["loss"] for d in self.layers)
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList, list[list[str]]]:
+    """(path, decoder blocks, true-sequential layer groups) of a supported model; clear errors otherwise."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    supported = ", ".join(ARCHITECTURES)
+    if model_type not in ARCHITECTURES:
+        extra = " (its projections are transformers Conv1D layers, not nn.Linear)" if model_type == "gpt2" else ""
+        raise ValueError(f"GPTQ: unsupported architecture {model_type!r}{extra}; supported: {supported}.")
+    path, groups = ARCHITECTURES[model_type]
+    try:
+        blocks = model.get_submodule(path)
+    except AttributeError:
+        raise ValueError(f"GPTQ: a {model_type!r} model should hold its decoder blocks at {path!r}, this one does "
+                         f"not; pass the *ForCausalLM model (supported: {supported}).") from None
+    for i, block in enumerate(blocks):
+        for name in sum(groups, []):
+            layer = block.get_submodule(name)
+            if type(layer) is not nn.Linear:
+                raise TypeError(f"GPTQ: unsupported layer type {type(layer).__name__} at {path}.{i}.{name}; "
+                                f"supported: nn.Linear (in {supported} models).")
+    return path, blocks, groups
+
+
+def check_calibration(model: nn.Module, calibration: torch.Tensor) -> None:
+    """Calibration must be a 2-D LongTensor (n, seq) of token ids on the model's device, seq within the context."""
+    if not isinstance(calibration, torch.Tensor):
+        raise TypeError(f"calibration must be a LongTensor (n_samples, seq_len) of token ids, got "
+                        f"{type(calibration).__name__}; build it with "
+                        f"course_lib.tokens.calibration_batches(tok, n, seq).")
+    if calibration.dtype != torch.long:
+        raise TypeError(f"calibration must hold token ids as torch.long, got {calibration.dtype}; "
+                        f"use calibration.long() (token ids, not embeddings or text).")
+    if calibration.dim() != 2 or calibration.numel() == 0:
+        raise ValueError(f"calibration must be 2-D (n_samples, seq_len) and non-empty, got shape "
+                         f"{tuple(calibration.shape)}; stack the samples, e.g. calibration_batches(tok, 128, 256).")
+    device = model.get_input_embeddings().weight.device
+    if calibration.device != device:
+        raise ValueError(f"calibration is on {calibration.device} but the model's embeddings are on {device}; "
+                         f"move it with calibration.to({str(device)!r}).")
+    vocab = model.get_input_embeddings().weight.shape[0]
+    lo, hi = calibration.min().item(), calibration.max().item()
+    if lo < 0 or hi >= vocab:
+        raise ValueError(f"calibration token ids must lie in [0, {vocab}), got [{lo}, {hi}]; tokenize with the "
+                         f"model's own tokenizer.")
+    max_pos = getattr(model.config, "max_position_embeddings", None)
+    if max_pos is not None and calibration.shape[1] > max_pos:
+        raise ValueError(f"calibration seq_len {calibration.shape[1]} exceeds the model's {max_pos} positions; "
+                         f"use shorter samples.")
+
+
+def _first_block_inputs(model: nn.Module, block: nn.Module, calibration: torch.Tensor,
+                        batch_size: int) -> list[tuple[torch.Tensor, dict]]:
+    """(hidden_states, kwargs) that `block` receives, per calibration batch, captured with a pre-hook."""
+    captured: list[tuple[torch.Tensor, dict]] = []
+
+    def catch(module, args, kwargs):
+        kwargs = dict(kwargs)
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        captured.append((hidden.detach(), {k: v for k, v in kwargs.items() if k not in _CACHE_KWARGS}))
+        raise _StopForward
+
+    handle = block.register_forward_pre_hook(catch, with_kwargs=True)
+    try:
+        for i in range(0, calibration.shape[0], batch_size):
+            try:
+                model(input_ids=calibration[i:i + batch_size], use_cache=False)
+            except _StopForward:
+                pass
+    finally:
+        handle.remove()
+    return captured
+
+
+def _run_block(block: nn.Module, inputs: list[tuple[torch.Tensor, dict]]) -> list[torch.Tensor]:
+    """The block's output hidden states for each recorded input (a tuple output's first element)."""
+    outs = []
+    for hidden, kwargs in inputs:
+        out = block(hidden, **kwargs)
+        outs.append(out[0] if isinstance(out, tuple) else out)
+    return outs
+
+
+def _group_hessians(block: nn.Module, names: list[str], inputs: list[tuple[torch.Tensor, dict]]) -> dict:
+    """Hessian of each layer in `names` over all inputs; each forward stops once every layer has fired.
+    Layers that read the very same input tensor (q, k, v; gate, up) share one accumulator."""
+    accs = {n: HessianAccumulator(block.get_submodule(n).in_features, device=inputs[0][0].device) for n in names}
+    owner: dict[str, str] = {}               # layer -> layer whose accumulator holds its H
+    seen: list[tuple[torch.Tensor, str]] = []  # (input tensor, layer) of this forward pass
+
+    def make_hook(name):
+        def hook(module, args, output):
+            x = args[0]
+            first = next((n for t, n in seen if t is x), None)
+            if first is None:
+                accs[name].add_batch(x)
+            owner.setdefault(name, first or name)
+            if owner[name] != (first or name):
+                raise RuntimeError(f"GPTQ: layer {name} changed which layer's input it shares between batches.")
+            seen.append((x, name))
+            if len(seen) == len(names):
+                raise _StopForward
+        return hook
+
+    handles = [block.get_submodule(n).register_forward_hook(make_hook(n)) for n in names]
+    try:
+        for hidden, kwargs in inputs:
+            seen.clear()
+            try:
+                block(hidden, **kwargs)
+            except _StopForward:
+                pass
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: accs[owner[n]].H for n in names}
+
+
+@torch.no_grad()
+def gptq_quantize_model(model: nn.Module, calibration: torch.Tensor, bits: int = 4, *, group_size: int | None = 128,
+                        symmetric: bool = True, act_order: bool = False, static_groups: bool = False,
+                        percdamp: float = 0.01, blocksize: int = 128, true_sequential: bool = True,
+                        skip: tuple[str, ...] = ("lm_head",), progress: bool = True, batch_size: int = 16,
+                        device: torch.device | str | None = None,
+                        scale_dtype: torch.dtype = torch.float16) -> GPTQReport:
+    """Quantize every nn.Linear in the decoder blocks (names not ending in `skip`) with GPTQ, in place.
+
+    calibration: LongTensor (n_samples, seq_len) of token ids on the model's device.
+    progress: a tqdm bar over the blocks on stderr (TQDM_DISABLE=1 turns it off too).
+    device: where each block is quantized (moved there and back); default: where the block is.
+    scale_dtype: float16 (default) rounds scales to what a GPTQ checkpoint stores, so that the
+      fake-quantized model and the exported one compute with the same weights.
+    Everything is checked (architecture, layer types, group sizes, calibration) before any weight changes.
+    """
+    path, blocks, groups = find_blocks(model)
+    groups = [[n for n in grp if not n.endswith(tuple(skip))] for grp in groups]
+    groups = [grp for grp in groups if grp]
+    if not true_sequential:
+        groups = [sum(groups, [])]
+    for i, block in enumerate(blocks):
+        for name in sum(groups, []):
+            check_gptq_args(block.get_submodule(name).in_features, bits, group_size, blocksize, f"{path}.{i}.{name}")
+    check_calibration(model, calibration)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int (calibration samples per forward), got {batch_size!r}.")
+    from tqdm import tqdm
+
+    t0 = time.perf_counter()
+    report = GPTQReport(model=model, bits=bits, group_size=None if group_size in (None, -1) else group_size,
+                        symmetric=symmetric, act_order=act_order, static_groups=static_groups,
+                        true_sequential=true_sequential, percdamp=percdamp, n_samples=calibration.shape[0],
+                        seq_len=calibration.shape[1])
+    was_training = model.training
+    model.eval()
+    try:
+        inputs = _first_block_inputs(model, blocks[0], calibration, batch_size)
+        quiet = not progress or os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
+        for i, block in enumerate(tqdm(blocks, desc="GPTQ blocks", file=sys.stderr, disable=quiet)):
+            home = next(block.parameters()).device
+            if device is not None:
+                block.to(device)
+                inputs = [(h.to(device), _to(kw, device)) for h, kw in inputs]
+            for names in groups:
+                hessians = _group_hessians(block, names, inputs)
+                for name in names:
+                    full = f"{path}.{i}.{name}"
+                    layer = block.get_submodule(name)
+                    t = time.perf_counter()
+                    res = gptq_quantize_weight(layer.weight, hessians.pop(name), bits, group_size=group_size,
+                                               symmetric=symmetric, act_order=act_order, static_groups=static_groups,
+                                               blocksize=blocksize, percdamp=percdamp, scale_dtype=scale_dtype,
+                                               name=full)
+                    layer.weight.copy_(res.qweight_float)
+                    report.results[full] = res if device is None else res.to(home)
+                    report.layers.append({"name": full, "shape": tuple(layer.weight.shape), "loss": res.loss,
+                                          "damp": res.damp, "seconds": time.perf_counter() - t})
+            outputs = _run_block(block, inputs)  # the quantized block's outputs feed the next block
+            inputs = [(h, kw) for h, (_, kw) in zip(outputs, inputs)]
+            if device is not None:
+                block.to(home)
+    finally:
+        model.train(was_training)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _to(obj, device):
+    """Move the tensors in a (nested) kwargs structure to `device`."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to(v, device) for v in obj)
+    return obj
