@@ -40,6 +40,8 @@ LIBRARY_ENV = {
     "GPTQMODEL_CPU_WORKERS": "2",
     # tokenizers warns (and can deadlock) when a process forks after using its thread pool.
     "TOKENIZERS_PARALLELISM": "false",
+    # gptqmodel's logging library draws live progress bars in Jupyter, which nbval cannot replay.
+    "LOGBAR_DISABLE_NOTEBOOK_DETECTION": "1",
 }
 
 # The canonical run: what makes stored outputs reproducible.
