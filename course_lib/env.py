@@ -10,6 +10,7 @@ Every environment variable the course or its libraries read is set here, in one 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import random
@@ -77,7 +78,8 @@ def apply_library_env() -> None:
 # Loggers that print harmless import-time noise into notebooks, with machine-specific paths:
 # transformers imports torchao whenever it loads a model; torchao then warns about its compiled
 # extensions built for other Python/CUDA versions (unused on CPU), and torch about torchao's enums.
-NOISY_LOGGERS = ("torchao", "torch.utils._pytree")
+# bitsandbytes' CPU backend warns on import about an optional kernel package.
+NOISY_LOGGERS = ("torchao", "torch.utils._pytree", "bitsandbytes.backends.cpu.ops")
 
 
 def quiet_library_loggers() -> None:
@@ -86,6 +88,21 @@ def quiet_library_loggers() -> None:
 
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def quiet_loggers(*names: str):
+    """Show only errors from the named loggers inside the block; their levels are restored after."""
+    import logging
+
+    levels = {name: logging.getLogger(name).level for name in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def is_canonical() -> bool:

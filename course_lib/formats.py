@@ -339,13 +339,11 @@ def has_bitsandbytes() -> bool:
 def import_bitsandbytes_functional():
     """bitsandbytes.functional, imported quietly; a clear ModuleNotFoundError if bitsandbytes is missing.
 
-    On import, bitsandbytes' CPU backend logs a warning about an optional kernel package and
-    triggers torch.jit deprecation warnings: harmless noise in a notebook.
+    On import, bitsandbytes triggers torch.jit deprecation warnings (its logger's warning about an
+    optional kernel package is silenced by course_lib.env.NOISY_LOGGERS): harmless noise in a notebook.
     """
-    import logging
     import warnings
 
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         try:

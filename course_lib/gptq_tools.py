@@ -29,8 +29,6 @@ import contextlib
 import importlib
 import io
 import json
-import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -40,6 +38,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+from .env import quiet_loggers
 from .gptq_tools_status import AUTOGPTQ_STATUS, CHECKED_ON
 
 __all__ = [
@@ -95,15 +94,11 @@ def _quiet():
 
     GPTQModel prints a banner, INFO lines and redrawn progress bars to stdout (and, in Jupyter,
     through IPython display updates, which nbval can't replay: LOGBAR_DISABLE_NOTEBOOK_DETECTION
-    turns that off); transformers' tqdm bars (widgets in Jupyter) are switched off. llm-compressor logs through loguru
+    turns that off, set in course_lib.env); transformers' tqdm bars (widgets in Jupyter) are switched off. llm-compressor logs through loguru
     to the stdout it saw at import: those lines are switched off (call ``_loguru(False)`` again
     after importing it), and its sink is pointed back at the real stdout afterwards.
     """
-    os.environ.setdefault("LOGBAR_DISABLE_NOTEBOOK_DETECTION", "1")
     buffer = io.StringIO()
-    levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
     had_llmcompressor = "llmcompressor" in sys.modules
     _loguru(False)
     from transformers.utils import logging as hf_logging  # its tqdm bars become widgets in Jupyter
@@ -111,14 +106,12 @@ def _quiet():
     bars_were_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        with warnings.catch_warnings(record=True) as caught, \
+        with warnings.catch_warnings(record=True) as caught, quiet_loggers(*QUIET_LOGGERS), \
                 contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
             warnings.simplefilter("always")
             yield buffer
         buffer.writelines(f"warning: {w.category.__name__}: {w.message}\n" for w in caught)
     finally:
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
         if not had_llmcompressor and "llmcompressor" in sys.modules:  # imported in here: its sink is `buffer`
             from llmcompressor.logger import LOGGER_CONFIG, configure_logger
 

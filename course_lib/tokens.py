@@ -43,6 +43,20 @@ def calibration_batches(tokenizer, n_samples: int = 128, seq_len: int = 256, *, 
     stream = token_stream(split, tokenizer)
     if seq_len >= len(stream):
         raise ValueError(f"seq_len {seq_len} is longer than the {split!r} split ({len(stream)} tokens).")
-    gen = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, len(stream) - seq_len, (n_samples,), generator=gen)
+    return random_windows(stream, n_samples, seq_len, torch.Generator().manual_seed(seed))
+
+
+def random_windows(stream, batch_size: int, seq_len: int, generator):
+    """`batch_size` windows of `seq_len` tokens at random offsets of a 1-D token stream.
+
+    Used for calibration batches, the training recipe and the QAT fine-tune; `generator` (a seeded
+    torch.Generator) makes the draw reproducible.
+    """
+    import torch
+
+    if stream.dim() != 1:
+        raise ValueError(f"Expected a 1-D token stream, got shape {tuple(stream.shape)}.")
+    if len(stream) <= seq_len:
+        raise ValueError(f"The token stream ({len(stream)} tokens) must be longer than seq_len ({seq_len}).")
+    starts = torch.randint(0, len(stream) - seq_len, (batch_size,), generator=generator)
     return torch.stack([stream[s : s + seq_len] for s in starts.tolist()])

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .env import REPO_ROOT, choose_device, seed_everything
-from .tokens import token_stream
+from .tokens import random_windows, token_stream
 
 TOKENIZER_DIR = REPO_ROOT / "data" / "course-model"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -108,12 +108,17 @@ def check_dims(model, multiple: int = 128) -> None:
         raise ValueError(f"These linear layers are not multiples of {multiple} (in, out): {bad}")
 
 
+def warmup_cosine(step: int, lr: float, warmup: int, decay_end: int, min_lr_ratio: float) -> float:
+    """Linear warm-up to `lr` over `warmup` steps, then cosine decay to lr * min_lr_ratio at `decay_end`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, decay_end - warmup))
+    return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to cfg.lr, then cosine decay to cfg.lr * min_lr_ratio at cfg.steps."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    """The recipe's schedule: warm-up to cfg.lr, then cosine decay to cfg.lr * min_lr_ratio at cfg.steps."""
+    return warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
 
 
 def evaluate_loss(model, stream, seq_len: int, max_tokens: int = 0, batch_size: int = 32) -> float:
@@ -199,8 +204,8 @@ def train(spec: ModelSpec, cfg: TrainConfig, device=None, *, out_dir: Path | Non
                 best = (val, step, {k: v.detach().clone() for k, v in model.state_dict().items()})
         if step == cfg.steps:
             break
-        starts = torch.randint(0, len(train_ids) - cfg.seq_len - 1, (cfg.batch_size,), generator=gen)
-        batch = torch.stack([train_ids[s : s + cfg.seq_len] for s in starts.tolist()]).to(device)
+        # train_ids[:-1]: window starts in 0 .. len - seq_len - 2, the draw the shipped model was trained with
+        batch = random_windows(train_ids[:-1], cfg.batch_size, cfg.seq_len, gen).to(device)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         with _autocast(device):

@@ -113,3 +113,15 @@ def test_import_noise_of_libraries_is_quiet():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Failed to load" not in proc.stderr and "register_constant" not in proc.stderr, proc.stderr[-2000:]
+
+
+def test_quiet_loggers_restores_levels():
+    import logging
+
+    from course_lib.env import quiet_loggers
+
+    log = logging.getLogger("course_lib.test.quiet")
+    log.setLevel(logging.INFO)
+    with quiet_loggers("course_lib.test.quiet"):
+        assert log.level == logging.ERROR
+    assert log.level == logging.INFO

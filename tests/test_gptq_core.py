@@ -10,13 +10,7 @@ from course_lib.gptq import HessianAccumulator, gptq_quantize_weight, group_para
 from course_lib.quant import fake_quantize, qrange
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread (pytest-xdist runs a worker per core)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _problem(out_f=32, in_f=128, n=2048, seed=0, dead=()):

@@ -11,13 +11,7 @@ from course_lib.quant import fake_quantize
 from course_lib.tokens import calibration_batches
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread (pytest-xdist runs a worker per core)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _calib(n=6, seq=32, seed=0):

@@ -50,19 +50,7 @@ def api_scores_small() -> dict:
     return lt.evaluate(model, tok, limit=SMALL_LIMIT)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: many small forward passes, and pytest-xdist runs a worker per core.
-
-    With two threads on two busy cores (another worker, another process) the multiple-choice task
-    ran 5-10x slower than with one: every small op waits for a descheduled OpenMP thread.
-    """
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 # --- the data ------------------------------------------------------------------------------

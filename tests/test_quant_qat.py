@@ -5,7 +5,8 @@ import torch
 
 from course_lib.models import linear_layers, tiny_model
 from course_lib.quant.fake import FakeQuantLinear
-from course_lib.quant.qat import QATConfig, distinct_values_per_group, qat_finetune, random_windows, training_cost
+from course_lib.quant.qat import QATConfig, distinct_values_per_group, qat_finetune, training_cost
+from course_lib.tokens import random_windows
 
 VOCAB = 256
 

@@ -8,13 +8,7 @@ from course_lib.perplexity import FAST, perplexity
 from course_lib.quant import fake_quantize, quantize_model_rtn
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread (pytest-xdist runs a worker per core; see tests/test_lm_eval_tasks.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def _distinct_per_group(w: torch.Tensor, group_size: int) -> int:

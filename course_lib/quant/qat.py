@@ -26,7 +26,6 @@ deterministic for a given seed on CPU.
 from __future__ import annotations
 
 import copy
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -34,6 +33,8 @@ import torch
 from torch import nn
 
 from ..models import linear_layers
+from ..tokens import random_windows
+from ..train import warmup_cosine
 from .fake import attach_fake_quant, detach_fake_quant
 
 
@@ -69,10 +70,7 @@ class QATConfig:
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up to lr over `warmup` steps, then cosine decay to lr * min_lr_ratio."""
-        if step < self.warmup:
-            return self.lr * (step + 1) / self.warmup
-        progress = (step - self.warmup) / max(1, self.steps - 1 - self.warmup)
-        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+        return warmup_cosine(step, self.lr, self.warmup, self.steps - 1, self.min_lr_ratio)  # decayed at the last step
 
 
 @dataclass
@@ -102,16 +100,6 @@ class QATResult:
         first, last = self.losses()[: 5], self.losses()[-5:]
         return {"fake quant": self.config.fake_quant, "bits": self.config.bits, "steps": self.config.steps,
                 "tokens": self.tokens, "loss first 5": sum(first) / len(first), "loss last 5": sum(last) / len(last)}
-
-
-def random_windows(stream: torch.Tensor, batch_size: int, seq_len: int, generator: torch.Generator) -> torch.Tensor:
-    """`batch_size` windows of `seq_len` tokens at random offsets of a 1-D token stream."""
-    if stream.dim() != 1:
-        raise ValueError(f"Expected a 1-D token stream, got shape {tuple(stream.shape)}.")
-    if len(stream) <= seq_len:
-        raise ValueError(f"The token stream ({len(stream)} tokens) must be longer than seq_len ({seq_len}).")
-    starts = torch.randint(0, len(stream) - seq_len, (batch_size,), generator=generator)
-    return torch.stack([stream[s : s + seq_len] for s in starts.tolist()])
 
 
 def qat_finetune(model: nn.Module, stream: torch.Tensor, config: QATConfig = QATConfig(), *,
