@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from course_lib.gptq import HessianAccumulator, gptq_quantize_weight, group_params, inverse_cholesky_upper
+from course_lib.gptq import teach
 from course_lib.quant import fake_quantize, qrange
 
 
@@ -50,7 +51,7 @@ def test_diagonal_hessian_is_exactly_rtn(symmetric, act_order, static_groups):
     for bits, group_size, kw in cases:
         res = gptq_quantize_weight(W, H, bits, group_size=group_size, symmetric=symmetric, act_order=act_order,
                                    static_groups=static_groups)
-        assert torch.equal(res.qweight_float, fake_quantize(W, bits, symmetric=symmetric, **kw))
+        assert torch.equal(res.qweight_float, fake_quantize(W, bits, symmetric=symmetric, gptq_grid=True, **kw))
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(act_order=True), dict(act_order=True, static_groups=True),
@@ -99,23 +100,27 @@ def _obs_oracle(W, H, bits, group_size, symmetric, order, damp):
     return W
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("act_order", [False, True])
-def test_matches_explicit_obs_oracle(act_order):
+def test_matches_explicit_obs_oracle(act_order, symmetric):
     """The Cholesky/lazy-block algorithm computes the same Q as textbook sequential OBS (static groups)."""
     W, H, _ = _problem(out_f=16, in_f=64, n=512, seed=3)
-    res = gptq_quantize_weight(W, H, 4, group_size=16, static_groups=True, act_order=act_order, blocksize=24)
+    res = gptq_quantize_weight(W, H, 4, group_size=16, static_groups=True, act_order=act_order, blocksize=24,
+                               symmetric=symmetric)
     order = res.perm.tolist() if act_order else range(64)
-    Q = _obs_oracle(W, H, 4, 16, True, order, res.damp)
+    Q = _obs_oracle(W, H, 4, 16, symmetric, order, res.damp)
     same = (res.qweight_float.double() - Q).abs() < 1e-4
-    assert same.float().mean() > 0.99  # a near-tie may round the other way in float32 and float64
-    assert (res.qweight_float.double() - Q).abs().max() < 0.5
+    # On GPTQ's symmetric grid a group's largest weight sits exactly on a rounding tie (w/s = +-(qmax + 1/2)),
+    # which float32 and float64 may break differently; the row then follows another (equally valid) path.
+    assert same.all(dim=1).sum() >= 15 and same.float().mean() > 0.97
+    assert teach.quadratic_loss(res.qweight_float - W, H) == pytest.approx(teach.quadratic_loss(Q - W, H), rel=0.05)
 
 
 def test_gptq_beats_rtn_on_correlated_inputs():
     W, H, X = _problem()
     for bits in (4, 3):
         res = gptq_quantize_weight(W, H, bits, group_size=32)
-        rtn = fake_quantize(W, bits, granularity="group", group_size=32)
+        rtn = fake_quantize(W, bits, granularity="group", group_size=32, gptq_grid=True)
         gptq_err, rtn_err = ((res.qweight_float - W) @ X.T).norm().item(), ((rtn - W) @ X.T).norm().item()
         assert gptq_err < 0.9 * rtn_err, (bits, gptq_err, rtn_err)
 

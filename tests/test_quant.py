@@ -244,3 +244,20 @@ def test_bad_arguments_say_what_to_do():
         quantize(torch.empty(0, 4), 4, granularity="tensor")
     assert quantize(w, 4, granularity="group", group_size=256).scale.shape == (4, 1, 1)
     assert math.isfinite(quant_error(w, 4, granularity="channel", group_size=None)["mse"])  # ignored unless "group"
+
+
+def test_gptq_grid_uses_every_code_and_stays_within_half_a_step():
+    """GPTQ's symmetric grid s = 2 max|w| / (2^b - 1): the row's extremes reach both ends of the full
+    grid, no weight moves more than half a step, and the step is finer than max|w| / qmax."""
+    w = torch.randn(16, 64, generator=torch.Generator().manual_seed(0))
+    for bits in (2, 3, 4, 8):
+        qt = quantize(w, bits, granularity="channel", gptq_grid=True)
+        qmin, qmax = qrange(bits, True)
+        assert torch.allclose(qt.scale[:, 0], w.abs().amax(1) / (qmax + 0.5))
+        assert (qt.scale[:, 0] < quantize(w, bits, granularity="channel").scale[:, 0]).all()
+        assert (dequantize(qt) - w).abs().max() <= qt.scale.max() / 2 + 1e-6
+        assert qt.q.min() == qmin or qt.q.max() == qmax
+    with pytest.raises(ValueError, match="restricted"):
+        quantize(w, 4, restricted=True, gptq_grid=True)
+    asym = dict(symmetric=False, granularity="channel")
+    assert torch.equal(fake_quantize(w, 3, gptq_grid=True, **asym), fake_quantize(w, 3, **asym))

@@ -75,10 +75,11 @@ class GPTQResult:
 
 def group_params(w: torch.Tensor, bits: int, symmetric: bool,
                  scale_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale and zero point per row of w (out, k), shapes (out, 1): course_lib's RTN grid
-    (course_lib.quant.affine.compute_scale_zero). With scale_dtype=float16 the scale is rounded to
-    what a GPTQ checkpoint stores and the (asymmetric) zero point is recomputed from it."""
-    scale, zero = compute_scale_zero(w, bits, symmetric)
+    """Scale and zero point per row of w (out, k), shapes (out, 1), on GPTQ's grid
+    (course_lib.quant.affine.compute_scale_zero with gptq_grid=True; symmetric: s = 2 max|w| / (2^b - 1)).
+    With scale_dtype=float16 the scale is rounded to what a GPTQ checkpoint stores and the (asymmetric)
+    zero point is recomputed from it."""
+    scale, zero = compute_scale_zero(w, bits, symmetric, gptq_grid=True)
     if scale_dtype != torch.float32:
         scale = scale.to(scale_dtype).to(torch.float32)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # underflow in float16: any s works

@@ -110,17 +110,22 @@ def to_blocks(w: torch.Tensor, granularity: str, group_size: int | None) -> torc
 
 
 def compute_scale_zero(blocks: torch.Tensor, bits: int, symmetric: bool,
-                       restricted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                       restricted: bool = False, gptq_grid: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point per block (reduced over the last dim, kept as size 1), float32.
 
     Symmetric: s = max|w| / qmax with qmax = 2^(b-1) - 1, z = 0.
+               gptq_grid=True: s = 2 max|w| / (2^b - 1) = max|w| / (qmax + 1/2), GPTQ's sym=True grid (and
+               GPTQModel's and llm-compressor's): all 2^b codes are used and +-max|w| round to within
+               half a step, like every other weight.
     Asymmetric: the range is widened to include 0, lo = min(min w, 0), hi = max(max w, 0);
                 s = (hi - lo) / (2^b - 1), z = clamp(round(-lo / s), 0, 2^b - 1).
     A block of zeros (s = 0) gets s = 1, so it quantizes to q = z and dequantizes to exactly 0.
     """
     qmin, qmax = qrange(bits, symmetric, restricted=restricted)
+    if gptq_grid and restricted:
+        raise ValueError("gptq_grid uses the full grid [-2^(b-1), 2^(b-1)-1]; it can't be restricted.")
     if symmetric:
-        scale = blocks.abs().amax(dim=-1, keepdim=True) / qmax
+        scale = blocks.abs().amax(dim=-1, keepdim=True) / (qmax + 0.5 if gptq_grid else qmax)
         zero = torch.zeros_like(scale)
     else:
         lo = blocks.amin(dim=-1, keepdim=True).clamp(max=0.0)
@@ -173,7 +178,7 @@ class QTensor:
 
 
 def quantize(w: torch.Tensor, bits: int = 8, *, symmetric: bool = True, granularity: str = "channel",
-             group_size: int | None = 128, restricted: bool = False) -> QTensor:
+             group_size: int | None = 128, restricted: bool = False, gptq_grid: bool = False) -> QTensor:
     """Round-to-nearest quantization of `w` to `bits`-bit integers (see the module docstring).
 
     granularity: "tensor" (one scale), "channel" (one per output row of a 2-D (out, in) weight) or
@@ -185,14 +190,17 @@ def quantize(w: torch.Tensor, bits: int = 8, *, symmetric: bool = True, granular
       * full [-128, 127], s = max|w|/127 (the default): same scale, so values never need -128
         (only the clamp could reach it) and the result equals the restricted grid's;
       * full [-128, 127], s = max|w|/128: one more level of resolution, but +max|w| rounds to 128
-        and is clipped to 127 (not implemented here).
+        and is clipped to 127 (not implemented here; see quant.analysis.symmetric_grids);
+      * full [-128, 127], s = max|w|/127.5 (``gptq_grid=True``): GPTQ's grid, every code used and no
+        weight further than half a step from its value.
+    (Asymmetric grids are the same everywhere: gptq_grid changes nothing there.)
     """
     group_size = check_args(w, bits, granularity, group_size)
     if not torch.isfinite(w.detach()).all():
         raise ValueError("The tensor holds NaN or inf values; quantization needs finite weights (check the model).")
     qmin, qmax = qrange(bits, symmetric, restricted=restricted)
     blocks = to_blocks(w.detach().to(torch.float32), granularity, group_size)
-    scale, zero = compute_scale_zero(blocks, bits, symmetric, restricted)
+    scale, zero = compute_scale_zero(blocks, bits, symmetric, restricted, gptq_grid)
     q = quantize_blocks(blocks, scale, zero, qmin, qmax)
     if granularity == "tensor":
         scale, zero = scale.reshape(()), zero.reshape(())
@@ -213,10 +221,10 @@ def dequantize(qt: QTensor) -> torch.Tensor:
 
 
 def fake_quantize(w: torch.Tensor, bits: int = 8, *, symmetric: bool = True, granularity: str = "channel",
-                  group_size: int | None = 128, restricted: bool = False) -> torch.Tensor:
+                  group_size: int | None = 128, restricted: bool = False, gptq_grid: bool = False) -> torch.Tensor:
     """dequantize(quantize(w, ...)): the float tensor the quantized model effectively computes with."""
     return dequantize(quantize(w, bits, symmetric=symmetric, granularity=granularity, group_size=group_size,
-                               restricted=restricted))
+                               restricted=restricted, gptq_grid=gptq_grid))
 
 
 def quant_error(w: torch.Tensor, bits: int = 8, **kw) -> dict[str, float]:

@@ -50,7 +50,7 @@ class RTNReport:
 
 def quantize_model_rtn(model: nn.Module, bits: int, *, symmetric: bool = True, granularity: str = "group",
                        group_size: int | None = 128, skip: tuple[str, ...] = ("lm_head",), inplace: bool = True,
-                       restricted: bool = False) -> RTNReport:
+                       restricted: bool = False, gptq_grid: bool = False) -> RTNReport:
     """Fake-quantize (RTN) the weight of every linear layer (nn.Linear and GPT-2 Conv1D) whose name
     does not end in `skip`. With inplace=False the model is deep-copied first. Biases, embeddings and
     norms are left in float. All layers are checked before any weight is changed."""
@@ -58,7 +58,8 @@ def quantize_model_rtn(model: nn.Module, bits: int, *, symmetric: bool = True, g
 
     if not inplace:
         model = copy.deepcopy(model)
-    kw = dict(symmetric=symmetric, granularity=granularity, group_size=group_size, restricted=restricted)
+    kw = dict(symmetric=symmetric, granularity=granularity, group_size=group_size, restricted=restricted,
+              gptq_grid=gptq_grid)
     layers = linear_layers(model, skip=skip)
     for name, m in layers.items():
         try:
