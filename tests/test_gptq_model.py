@@ -43,8 +43,15 @@ def test_group_hessians_share_inputs_and_stop_early():
     with torch.no_grad():
         inputs = _first_block_inputs(model, blocks[0], _calib(), 3)
         names = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
+        ran = []
+        counters = [blocks[0].get_submodule(n).register_forward_hook(lambda m, a, o, n=n: ran.append(n))
+                    for n in names]
         H = _group_hessians(blocks[0], names, inputs)
+        for c in counters:
+            c.remove()
         assert H[names[0]] is H[names[1]] is H[names[2]]
+        # batch 1 runs q and k (v's input shows the sharing, its matmul is skipped); batch 2 stops before q
+        assert ran == names[:2]
         acc = HessianAccumulator(128)
         handle = blocks[0].self_attn.q_proj.register_forward_hook(acc.hook())
         _run_block(blocks[0], inputs)
@@ -148,7 +155,7 @@ def test_gptq_beats_rtn_on_every_layer_of_the_bundled_model():
         W, H, n = m.weight.detach(), accs[name].H, accs[name].n
         for bits in (4, 3):
             dq = gptq_quantize_weight(W, H, bits, group_size=128).qweight_float - W
-            dr = fake_quantize(W, bits, granularity="group", group_size=128) - W
+            dr = fake_quantize(W, bits, granularity="group", group_size=128, gptq_grid=True) - W
             gptq_err = n / 2 * torch.trace(dq @ H @ dq.T).item()
             rtn_err = n / 2 * torch.trace(dr @ H @ dr.T).item()
             assert gptq_err < rtn_err, (name, bits, gptq_err, rtn_err)
@@ -165,3 +172,36 @@ def test_progress_bar_goes_to_stderr_and_honours_tqdm_disable(capsys, monkeypatc
     gptq_quantize_model(models.tiny_model("llama"), _calib(2, 16), 4, group_size=64)
     gptq_quantize_model(models.tiny_model("llama"), _calib(2, 16), 4, group_size=64, progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_layer_the_forward_never_uses_is_named():
+    model = models.tiny_model("llama")
+    _, blocks, _ = find_blocks(model)
+    blocks[0].unused = torch.nn.Linear(128, 128)
+    with torch.no_grad():
+        inputs = _first_block_inputs(model, blocks[0], _calib(), 3)
+        with pytest.raises(RuntimeError, match=r"\['unused'\] received no input.*skip"):
+            _group_hessians(blocks[0], ["self_attn.q_proj", "unused"], inputs)
+
+
+@pytest.mark.parametrize("arch", ["llama", "opt"])
+def test_reusing_final_submodule_outputs_changes_nothing_but_the_work(arch):
+    """Replaying self_attn's recorded output once q, k, v and o are quantized gives the very same
+    codes as recomputing it, with fewer calls of the attention projections."""
+    calib = _calib()
+    reports, calls = [], []
+    for reuse in (False, True):
+        model = models.tiny_model(arch)
+        q = model.get_submodule(find_blocks(model)[0] + ".0.self_attn.q_proj")
+        count = []
+        q.register_forward_hook(lambda *a, count=count: count.append(1))
+        reports.append(gptq_quantize_model(model, calib, 4, group_size=64, reuse_outputs=reuse, batch_size=2,
+                                           progress=False))
+        calls.append(len(count))
+    for name, res in reports[0].results.items():
+        assert torch.equal(res.codes, reports[1].results[name].codes), name
+    assert reports[0].total_loss == pytest.approx(reports[1].total_loss, rel=1e-6)
+    # 3 batches. q runs once in the [q, k, v] pass (batch 1, which learns that k and v share q's input),
+    # then in every batch of the [o], [gate/up or fc1], [down or fc2] and output passes; with reuse,
+    # self_attn is recorded in the [gate/up] pass and replayed afterwards
+    assert calls == [1 + 4 * 3, 1 + 2 * 3]

@@ -10,8 +10,9 @@
 2. For each block, in order: for each group of linear layers (true-sequential: [q, k, v], then
    [o], then [gate, up], then [down]), run the block on the recorded inputs with hooks that
    accumulate every group member's Hessian H = 2/n sum x x^T (stopping the forward as soon as the
-   whole group has seen the batch), quantize the group with GPTQ and write the dequantized weights
-   in; the next group's inputs therefore come from the already-quantized earlier groups.
+   group's inputs are recorded, before the layers themselves run), quantize the group with GPTQ and
+   write the dequantized weights in; the next group's inputs therefore come from the
+   already-quantized earlier groups.
 3. Run the quantized block on its inputs: its outputs are the next block's inputs, so every block
    is calibrated on what the quantized model before it really produces.
 
@@ -22,6 +23,7 @@ layer's codes, scales, zeros and g_idx for QuantLinear and save_gptq_checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -149,47 +151,115 @@ def _first_block_inputs(model: nn.Module, block: nn.Module, calibration: torch.T
     return captured
 
 
-def _run_block(block: nn.Module, inputs: list[tuple[torch.Tensor, dict]]) -> list[torch.Tensor]:
+def _run_block(block: nn.Module, inputs: list[tuple[torch.Tensor, dict]],
+               cache: _FinalOutputs | None = None) -> list[torch.Tensor]:
     """The block's output hidden states for each recorded input (a tuple output's first element)."""
     outs = []
-    for hidden, kwargs in inputs:
-        out = block(hidden, **kwargs)
-        outs.append(out[0] if isinstance(out, tuple) else out)
+    with cache.active() if cache else contextlib.nullcontext():
+        for i, (hidden, kwargs) in enumerate(inputs):
+            if cache:
+                cache.batch = i
+            out = block(hidden, **kwargs)
+            outs.append(out[0] if isinstance(out, tuple) else out)
     return outs
 
 
-def _group_hessians(block: nn.Module, names: list[str], inputs: list[tuple[torch.Tensor, dict]]) -> dict:
-    """Hessian of each layer in `names` over all inputs; each forward stops once every layer has fired.
-    Layers that read the very same input tensor (q, k, v; gate, up) share one accumulator."""
+class _FinalOutputs:
+    """Outputs of submodules whose weights are final, recorded once and replayed in later passes.
+
+    Inside one block the recorded inputs never change, so once every quantized layer of a submodule
+    is done (self_attn after q, k, v and o), the submodule returns the same thing in every later
+    pass over the block. The first pass that runs it records its output per batch; the passes
+    after that return the record instead of recomputing it. The numbers are identical and
+    true-sequential GPTQ then runs about as many matmuls as the one-pass variant; the price is
+    one output (a hidden-state tensor) per calibration batch.
+    """
+
+    def __init__(self, block: nn.Module, layer_names: list[str], n_batches: int):
+        self.block = block
+        self.pending: dict[str, set[str]] = {}  # submodule -> its layers not quantized yet
+        for name in layer_names:
+            parent = name.rpartition(".")[0]
+            if parent:  # a layer directly in the block (OPT's fc1) has no submodule to replay
+                self.pending.setdefault(parent, set()).add(name)
+        self.outputs: dict[str, dict[int, object]] = {stage: {} for stage in self.pending}
+        self.n_batches = n_batches
+        self.batch = 0  # set by the pass loops before each forward
+
+    def quantized(self, names: list[str]) -> None:
+        for layers in self.pending.values():
+            layers.difference_update(names)
+
+    @contextlib.contextmanager
+    def active(self):
+        """Inside: final submodules either record their output (first time) or replay it."""
+        undo = []
+        for stage, layers in self.pending.items():
+            if layers:
+                continue
+            module, record = self.block.get_submodule(stage), self.outputs[stage]
+            if len(record) == self.n_batches:
+                module.forward = lambda *args, record=record, **kwargs: record[self.batch]
+                undo.append(lambda module=module: delattr(module, "forward"))
+            else:
+                hook = module.register_forward_hook(
+                    lambda mod, args, out, record=record: record.update({self.batch: out}))
+                undo.append(hook.remove)
+        try:
+            yield
+        finally:
+            for fn in undo:
+                fn()
+
+
+def _group_hessians(block: nn.Module, names: list[str], inputs: list[tuple[torch.Tensor, dict]],
+                    cache: _FinalOutputs | None = None) -> dict:
+    """Hessian of each layer in `names` over all inputs, recorded by forward *pre*-hooks.
+
+    Layers that read the very same input tensor (q, k, v; gate, up) share one accumulator. The
+    first batch runs until every layer of the group has received its input, which shows who shares
+    with whom; later batches stop as soon as each distinct input has been seen (for [q, k, v]:
+    before q's own matmul), so no linear layer runs whose output nobody needs.
+    """
     accs = {n: HessianAccumulator(block.get_submodule(n).in_features, device=inputs[0][0].device) for n in names}
     owner: dict[str, str] = {}               # layer -> layer whose accumulator holds its H
     seen: list[tuple[torch.Tensor, str]] = []  # (input tensor, layer) of this forward pass
+    needed = set(names)                      # pre-hooks that must fire before a forward may stop
 
     def make_hook(name):
-        def hook(module, args, output):
+        def pre_hook(module, args):
+            if name not in needed:
+                return
             x = args[0]
             first = next((n for t, n in seen if t is x), None)
             if first is None:
                 accs[name].add_batch(x)
-            owner.setdefault(name, first or name)
-            if owner[name] != (first or name):
+            if owner.setdefault(name, first or name) != (first or name):
                 raise RuntimeError(f"GPTQ: layer {name} changed which layer's input it shares between batches.")
             seen.append((x, name))
-            if len(seen) == len(names):
+            if len(seen) == len(needed):
                 raise _StopForward
-        return hook
+        return pre_hook
 
-    handles = [block.get_submodule(n).register_forward_hook(make_hook(n)) for n in names]
+    handles = [block.get_submodule(n).register_forward_pre_hook(make_hook(n)) for n in names]
     try:
-        for hidden, kwargs in inputs:
-            seen.clear()
-            try:
-                block(hidden, **kwargs)
-            except _StopForward:
-                pass
+        with cache.active() if cache else contextlib.nullcontext():
+            for i, (hidden, kwargs) in enumerate(inputs):
+                if cache:
+                    cache.batch = i
+                seen.clear()
+                try:
+                    block(hidden, **kwargs)
+                except _StopForward:
+                    pass
+                needed = set(owner.values())     # after the first batch: one layer per distinct input
     finally:
         for h in handles:
             h.remove()
+    missing = [n for n in names if n not in owner]
+    if missing:
+        raise RuntimeError(f"GPTQ: {missing} received no input in the block's forward pass; quantize only layers "
+                           f"the forward pass uses (pass them in `skip`).")
     return {n: accs[owner[n]].H for n in names}
 
 
@@ -197,12 +267,16 @@ def _group_hessians(block: nn.Module, names: list[str], inputs: list[tuple[torch
 def gptq_quantize_model(model: nn.Module, calibration: torch.Tensor, bits: int = 4, *, group_size: int | None = 128,
                         symmetric: bool = True, act_order: bool = False, static_groups: bool = False,
                         percdamp: float = 0.01, blocksize: int = 128, true_sequential: bool = True,
-                        skip: tuple[str, ...] = ("lm_head",), progress: bool = True, batch_size: int = 16,
+                        reuse_outputs: bool = True, skip: tuple[str, ...] = ("lm_head",), progress: bool = True,
+                        batch_size: int = 16,
                         device: torch.device | str | None = None,
                         scale_dtype: torch.dtype = torch.float16) -> GPTQReport:
     """Quantize every nn.Linear in the decoder blocks (names not ending in `skip`) with GPTQ, in place.
 
     calibration: LongTensor (n_samples, seq_len) of token ids on the model's device.
+    reuse_outputs: record the output of a submodule whose layers are all quantized (self_attn after o)
+      and reuse it in the block's later passes instead of recomputing it: same result, fewer matmuls,
+      one extra hidden-state tensor per calibration batch (see _FinalOutputs).
     progress: a tqdm bar over the blocks on stderr (TQDM_DISABLE=1 turns it off too).
     device: where each block is quantized (moved there and back); default: where the block is.
     scale_dtype: float16 (default) rounds scales to what a GPTQ checkpoint stores, so that the
@@ -237,8 +311,9 @@ def gptq_quantize_model(model: nn.Module, calibration: torch.Tensor, bits: int =
             if device is not None:
                 block.to(device)
                 inputs = [(h.to(device), _to(kw, device)) for h, kw in inputs]
+            cache = _FinalOutputs(block, sum(groups, []), len(inputs)) if reuse_outputs else None
             for names in groups:
-                hessians = _group_hessians(block, names, inputs)
+                hessians = _group_hessians(block, names, inputs, cache)
                 for name in names:
                     full = f"{path}.{i}.{name}"
                     layer = block.get_submodule(name)
@@ -251,7 +326,9 @@ def gptq_quantize_model(model: nn.Module, calibration: torch.Tensor, bits: int =
                     report.results[full] = res if device is None else res.to(home)
                     report.layers.append({"name": full, "shape": tuple(layer.weight.shape), "loss": res.loss,
                                           "damp": res.damp, "seconds": time.perf_counter() - t})
-            outputs = _run_block(block, inputs)  # the quantized block's outputs feed the next block
+                if cache:
+                    cache.quantized(names)
+            outputs = _run_block(block, inputs, cache)  # the quantized block's outputs feed the next block
             inputs = [(h, kw) for h, (_, kw) in zip(outputs, inputs)]
             if device is not None:
                 block.to(home)
