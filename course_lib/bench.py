@@ -1,7 +1,8 @@
-"""GPU benchmarks whose results are committed under data/results/ (``make bench``).
+"""Benchmarks whose results are committed under data/results/ (``make bench`` runs the GPU ones).
 
     python -m course_lib.bench roofline [--name h100_roofline]
     python -m course_lib.bench prefill-decode [--name h100_prefill_decode]
+    python -m course_lib.bench gptq-time [--device cpu|cuda] [--tools ...] [--bits 4 3] [--threads 2]
 
 Timing follows the usual GPU rules: warm-up first, CUDA events around many repetitions, the
 median reported, and enough distinct weight matrices in rotation that the 50 MB L2 cache of an
@@ -243,6 +244,98 @@ def record_roofline(name: str | None = None) -> None:
         print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
 
 
+GPTQ_TOOLS = ("course_lib", "course_lib-one-pass", "course_lib-one-pass-static", "llmcompressor", "gptqmodel")
+
+
+def gptq_time_rows(device: str = "cpu", bits=(4, 3), tools=GPTQ_TOOLS, *, repeats: int = 1, n_samples: int = 128,
+                   seq_len: int = 256, group_size: int = 128) -> list[dict]:
+    """The same GPTQ job (the bundled model loaded in float32 by every tool, n_samples x seq_len
+    calibration tokens, group_size, symmetric, no act-order, 1% dampening) with each tool: the median
+    wall time of load + quantize +
+    save over `repeats` runs, then the FAST perplexity on CPU. "course_lib" runs its defaults, which are
+    the paper's code's and GPTQModel's: true-sequential, each group's scale taken when the column walk
+    reaches it. "course_lib-one-pass" calibrates a whole block in one pass, as llm-compressor does;
+    "course_lib-one-pass-static" also takes every group's scale from the float weights before the walk
+    (static_groups), as llm-compressor 0.14 does: llm-compressor's settings. The libraries choose their
+    device themselves; `used_cuda` says whether they allocated on it. course_lib packs 2/4/8 bits
+    only: at 3 bits its time has no save step (`saved` is False)."""
+    import tempfile
+
+    import torch
+
+    from .gptq import PACK_BITS, gptq_quantize_model, save_gptq_checkpoint
+    from .models import BUNDLED_DIR, load_model, load_tokenizer
+    from .perplexity import perplexity
+    from .tokens import calibration_batches
+
+    unknown = sorted(set(tools) - set(GPTQ_TOOLS))
+    if unknown:
+        raise ValueError(f"unknown tools {unknown}; choose from {', '.join(GPTQ_TOOLS)}.")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive int, got {repeats!r}.")
+    cuda = torch.cuda.is_available()
+    if device == "cuda":
+        require_cuda("The GPTQ timing on cuda")
+    tokenizer = load_tokenizer()
+    calib = calibration_batches(tokenizer, n_samples, seq_len)
+
+    def run_once(tool: str, b: int, out: str):
+        """(seconds, saved, quantized model on CPU)."""
+        if tool.startswith("course_lib"):
+            start = time.perf_counter()
+            model, _ = load_model(device=device, dtype=torch.float32)
+            report = gptq_quantize_model(model, calib.to(device), b, group_size=group_size,
+                                         true_sequential=tool == "course_lib", static_groups=tool.endswith("static"),
+                                         progress=False)
+            if b in PACK_BITS:
+                save_gptq_checkpoint(model, report, out, tokenizer)
+            # the fake-quantized model computes what the checkpoint does
+            return time.perf_counter() - start, b in PACK_BITS, model.cpu()
+        from . import gptq_tools
+
+        quantize = {"llmcompressor": gptq_tools.quantize_with_llmcompressor,
+                    "gptqmodel": gptq_tools.quantize_with_gptqmodel}[tool]
+        seconds = quantize(BUNDLED_DIR, out, calib, bits=b, group_size=group_size, dtype=torch.float32).seconds
+        return seconds, True, gptq_tools.load_quantized(out)
+
+    rows = []
+    for b in bits:
+        for tool in tools:
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            times = []
+            for _ in range(repeats):
+                with tempfile.TemporaryDirectory(prefix="gptq_time_") as out:
+                    seconds, saved, model = run_once(tool, b, out)
+                    times.append(seconds)
+            rows.append({"tool": tool, "bits": b, "group_size": group_size, "seconds": statistics.median(times),
+                         "seconds_all": times, "saved": saved, "ppl_fast": perplexity(model, tokenizer).ppl,
+                         "device": device if tool.startswith("course_lib") else "library's choice",
+                         "used_cuda": bool(cuda and torch.cuda.max_memory_allocated() > 0)})
+            print({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
+    return rows
+
+
+def record_gptq_time(device: str = "cpu", bits=(4, 3), tools=GPTQ_TOOLS, threads: int | None = None,
+                     repeats: int = 1, name: str | None = None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    name = name or ("cpu" if device == "cpu" else device_slug()) + "_gptq_time"
+    rows = gptq_time_rows(device, bits, tools, repeats=repeats)
+    command = (f"python -m course_lib.bench gptq-time --device {device} --bits {' '.join(map(str, bits))} "
+               f"--tools {' '.join(tools)} --repeats {repeats}" + (f" --threads {threads}" if threads else "")
+               + f" --name {name}")
+    path = save_result(name, rows, description="GPTQ of the bundled model (loaded in float32 by every tool, 128 x 256 "
+                       "calibration tokens, "
+                       "group 128, symmetric, no act-order): median wall time of load + quantize + save, and FAST "
+                       "perplexity on CPU (float model: 44.29)",
+                       summary={"cpu_threads": torch.get_num_threads(), "repeats": repeats}, command=command)
+    print(f"wrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m course_lib.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -253,6 +346,13 @@ def main(argv: list[str] | None = None) -> int:
     pd.add_argument("--name", default=None, help="result file name (default: <gpu>_prefill_decode)")
     ev = sub.add_parser("model-eval", help="the bundled model: perplexities and lm-eval scores, GPU bf16 and CPU fp32")
     ev.add_argument("--name", default=None, help="result file name (default: <gpu>_course_model_eval)")
+    gt = sub.add_parser("gptq-time", help="GPTQ wall time and perplexity: course_lib vs llm-compressor vs GPTQModel")
+    gt.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where course_lib quantizes")
+    gt.add_argument("--bits", type=int, nargs="+", default=[4, 3])
+    gt.add_argument("--tools", nargs="+", default=list(GPTQ_TOOLS), choices=GPTQ_TOOLS)
+    gt.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    gt.add_argument("--repeats", type=int, default=1, help="runs per tool; the median time is recorded")
+    gt.add_argument("--name", default=None, help="result file name (default: <device>_gptq_time)")
     args = parser.parse_args(argv)
     try:
         if args.bench == "roofline":
@@ -261,7 +361,10 @@ def main(argv: list[str] | None = None) -> int:
             record_prefill_decode(args.name)
         elif args.bench == "model-eval":
             record_model_eval(args.name)
-    except RuntimeError as exc:
+        elif args.bench == "gptq-time":
+            record_gptq_time(args.device, tuple(args.bits), tuple(args.tools), args.threads, args.repeats,
+                             args.name)
+    except (RuntimeError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -151,13 +151,15 @@ def _check_dirs(model_dir, out_dir) -> tuple[Path, Path]:
 
 def quantize_with_gptqmodel(model_dir, out_dir, calibration, *, bits: int = 4, group_size: int = 128,
                             desc_act: bool = False, sym: bool = True, damp_percent: float = 0.01,
-                            act_group_aware: bool = False) -> ToolRun:
+                            act_group_aware: bool = False, dtype="auto") -> ToolRun:
     """GPTQ with GPTQModel (AutoGPTQ's successor), saved in the GPTQ format.
 
     desc_act=True is act-order with a g_idx; act_group_aware=True is GPTQModel's own
     group-aware reordering (its default for GPTQ; off here so that plain GPTQ is compared).
     Layers stay in memory (offload_to_disk=False): its default spills them to /tmp, which took
     38 s instead of 7 s for 16 x 128 calibration tokens on the course's 2-core machine.
+    dtype: the dtype the model is loaded and calibrated in ("auto": the checkpoint's, bfloat16 for
+    the bundled model; torch.float32 to match course_lib's default on CPU).
     """
     model_dir, out_dir = _check_dirs(model_dir, out_dir)
     calibration = _check_settings(bits, group_size, calibration)
@@ -166,7 +168,8 @@ def quantize_with_gptqmodel(model_dir, out_dir, calibration, *, bits: int = 4, g
     if not 0 < damp_percent < 1:
         raise ValueError(f"damp_percent must lie in (0, 1), got {damp_percent!r}.")
     settings = dict(bits=bits, group_size=group_size, desc_act=desc_act, sym=sym, damp_percent=damp_percent,
-                    act_group_aware=act_group_aware, n_samples=calibration.shape[0], seq_len=calibration.shape[1])
+                    act_group_aware=act_group_aware, n_samples=calibration.shape[0], seq_len=calibration.shape[1],
+                    dtype=str(dtype).replace("torch.", ""))
     with _quiet() as log:
         version = _require("gptqmodel", "gptqmodel")
         from gptqmodel import GPTQModel, QuantizeConfig
@@ -182,7 +185,7 @@ def quantize_with_gptqmodel(model_dir, out_dir, calibration, *, bits: int = 4, g
         # One dict per sample, as its quantize() documents; no padding, so the mask is all ones.
         records = [{"input_ids": row.tolist(), "attention_mask": [1] * len(row)} for row in calibration]
         start = time.perf_counter()
-        model = GPTQModel.load(str(model_dir), config)
+        model = GPTQModel.load(str(model_dir), config, dtype=dtype)
         model.quantize(records, batch_size=1)
         model.save(str(out_dir))
         seconds = time.perf_counter() - start
@@ -205,11 +208,12 @@ def _scheme(bits: int, group_size: int, sym: bool, actorder: str | None):
 
 def quantize_with_llmcompressor(model_dir, out_dir, calibration, *, bits: int = 4, group_size: int = 128,
                                 actorder: str | None = None, sym: bool = True,
-                                dampening_frac: float = 0.01) -> ToolRun:
+                                dampening_frac: float = 0.01, dtype="auto") -> ToolRun:
     """GPTQ with llm-compressor's GPTQModifier via oneshot, saved as compressed-tensors.
 
     actorder: None (plain GPTQ) or "static"/"weight" (reorder, contiguous groups; llm-compressor's
     own default). "group" (reorder and store a g_idx) was removed in compressed-tensors 0.19.
+    dtype: as for quantize_with_gptqmodel.
     """
     model_dir, out_dir = _check_dirs(model_dir, out_dir)
     calibration = _check_settings(bits, group_size, calibration)
@@ -221,7 +225,8 @@ def quantize_with_llmcompressor(model_dir, out_dir, calibration, *, bits: int = 
     if not 0 < dampening_frac < 1:
         raise ValueError(f"dampening_frac must lie in (0, 1), got {dampening_frac!r}.")
     settings = dict(bits=bits, group_size=group_size, actorder=actorder, sym=sym, dampening_frac=dampening_frac,
-                    n_samples=calibration.shape[0], seq_len=calibration.shape[1])
+                    n_samples=calibration.shape[0], seq_len=calibration.shape[1],
+                    dtype=str(dtype).replace("torch.", ""))
     with _quiet() as log:
         version = _require("llmcompressor", "llmcompressor")
         _require("datasets", "datasets")
@@ -238,7 +243,7 @@ def quantize_with_llmcompressor(model_dir, out_dir, calibration, *, bits: int = 
         recipe = GPTQModifier(config_groups=_scheme(bits, group_size, sym, actorder), ignore=["lm_head"],
                               actorder=actorder, dampening_frac=dampening_frac)
         start = time.perf_counter()
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="auto")
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
         oneshot(model=model, dataset=dataset, recipe=recipe, num_calibration_samples=calibration.shape[0],
                 max_seq_length=calibration.shape[1], shuffle_calibration_samples=False)
         model.save_pretrained(str(out_dir), save_compressed=True)

@@ -65,8 +65,11 @@ def test_walk_matches_course_lib_gptq_and_rtn():
         rtn = teach.gptq_walk(W, H, 3, group_size=g, update="none")
         from course_lib.quant.affine import fake_quantize
 
-        ref = fake_quantize(W, 3, granularity="group" if g else "channel", group_size=g)
-        assert torch.allclose(rtn.Q, ref, atol=1e-6)
+        ref = fake_quantize(W, 3, granularity="group" if g else "channel", group_size=g, gptq_grid=True)
+        # a group's largest weight sits on a rounding tie of GPTQ's grid: float64 (walk) and float32 may
+        # break it differently, one grid step apart; everything else is identical
+        diff = (rtn.Q - ref).abs()
+        assert (diff < 1e-6).float().mean() > 0.99 and diff.max() < 1.01 * rtn.Q.abs().max() / 3.5
         assert walk.loss < rtn.loss
         assert walk.cols[-1] == W.shape[1]
 
@@ -98,10 +101,10 @@ def test_blocksize_sweep_gives_the_same_weights():
 def test_damp_sweep_and_act_order_helpers():
     W, X = _layer(n=24)  # fewer tokens than inputs: H is singular without dampening
     _, X_val = _layer(n=256, seed=1)
-    rows = teach.damp_sweep(W, X, X_val, (1e-4, 1.0), bits=4, group_size=None)
-    assert [r["percdamp"] for r in rows] == [1e-4, 1.0]
-    assert rows[0]["calibration error"] < rows[1]["calibration error"]
-    assert rows[0]["held-out error"] > rows[1]["held-out error"]  # overfitting to 24 tokens
+    rows = teach.damp_sweep(W, X, X_val, (1e-4, 1e-2, 1.0), bits=4, group_size=None)
+    assert [r["percdamp"] for r in rows] == [1e-4, 1e-2, 1.0]
+    assert rows[1]["calibration error"] < rows[2]["calibration error"]
+    assert rows[0]["held-out error"] > rows[1]["held-out error"] > rows[2]["held-out error"]  # overfitting to 24 tokens
     assert teach.diag_spread(teach.hessian(X_val)) > 5
 
 
@@ -143,7 +146,7 @@ def test_rtn_result_packs_into_quantlinear():
     res = teach.rtn_result(layer.weight, 4, 128)
     q = QuantLinear.from_result(layer, res)
     assert torch.equal(q.dequantized_weight(), res.qweight_float)
-    diff = (res.qweight_float - fake_quantize(layer.weight, 4, granularity="group", group_size=128)).abs()
+    diff = (res.qweight_float - fake_quantize(layer.weight, 4, granularity="group", group_size=128, gptq_grid=True)).abs()
     assert (diff < 1e-3).float().mean() > 0.99  # fp16-rounded scales may tip a near-tie to the next code
 
 

@@ -154,10 +154,10 @@ def gptq_walk(W: torch.Tensor, H: torch.Tensor, bits: int = 4, *, group_size: in
     W0 = W.detach().double()
     H = H.detach().double()
     qmin, qmax = qrange(bits, symmetric)
-    scale, zero = compute_scale_zero(W0.float().reshape(out_f, cols // g, g), bits, symmetric)
+    scale, zero = compute_scale_zero(W0.float().reshape(out_f, cols // g, g), bits, symmetric, gptq_grid=True)
     scale, zero = scale.double().reshape(out_f, -1), zero.double().reshape(out_f, -1)
     damp = percdamp * torch.diag(H).mean()
-    Hinv = torch.linalg.inv(H + damp * torch.eye(cols, dtype=H.dtype))
+    Hinv = torch.linalg.inv(H + damp * torch.eye(cols, dtype=H.dtype, device=H.device))
     Wc = W0.clone()
     walk = Walk(Q=W0.clone(), update=update)
     for j in range(cols):
@@ -188,8 +188,8 @@ def rtn_result(W: torch.Tensor, bits: int = 4, group_size: int = 128):
     codes = quantize_blocks(blocks, scales[..., None], 0.0, qmin, qmax)
     return GPTQResult(qweight_float=(codes * scales[..., None]).reshape(out_f, cols).to(W.dtype),
                       codes=codes.reshape(out_f, cols).to(torch.int8), scales=scales, zeros=torch.zeros_like(scales),
-                      g_idx=(torch.arange(cols) // group_size).to(torch.int32), perm=None, loss=float("nan"), damp=0.0,
-                      bits=bits, group_size=group_size, symmetric=True)
+                      g_idx=(torch.arange(cols, device=W.device) // group_size).to(torch.int32), perm=None,
+                      loss=float("nan"), damp=0.0, bits=bits, group_size=group_size, symmetric=True)
 
 
 def timed(fn, *args, repeats: int = 3, **kwargs):
@@ -265,11 +265,12 @@ def calibration_sets(tokenizer, n_samples: int, seq_len: int, *, seed: int = 0) 
 
 
 def quantize_grid(model, tokenizer, calibration: torch.Tensor, configs, *, protocol=None,
-                  lm_eval_limit: int | None = None, lm_eval_tasks=("course_nextline",),
+                  lm_eval: bool = False, lm_eval_limit: int | None = None, lm_eval_tasks=("course_nextline",),
                   keep: dict | None = None) -> list[dict]:
     """Score each config on a fresh copy of `model`. A config: {"method": "FP" | "RTN" | "GPTQ", "bits",
     "group_size" (None = per-channel), "act_order", "lm_eval" (default True)}. Rows: the config, perplexity,
-    quantization seconds, and the lm-eval metrics when lm_eval_limit is given (lm_eval_tasks.evaluate).
+    quantization seconds, and with lm_eval=True the lm-eval metrics (lm_eval_tasks.evaluate) on the first
+    lm_eval_limit items of each task (None: all of them).
     keep: a dict that receives {row index: (quantized model, GPTQReport or RTNReport or None)}."""
     from ..perplexity import FAST, perplexity
     from ..quant.rtn import quantize_model_rtn
@@ -282,16 +283,18 @@ def quantize_grid(model, tokenizer, calibration: torch.Tensor, configs, *, proto
         m, report = copy.deepcopy(model), None
         t = time.perf_counter()
         if method == "RTN":
-            report = quantize_model_rtn(m, bits, granularity="group" if g else "channel", group_size=g)
+            report = quantize_model_rtn(m, bits, granularity="group" if g else "channel", group_size=g,
+                                        gptq_grid=True)  # the grid GPTQ uses: only the rounding differs
         elif method == "GPTQ":
             from .model import gptq_quantize_model
 
-            report = gptq_quantize_model(m, calibration, bits, group_size=g, act_order=ao, progress=False)
+            device = m.get_input_embeddings().weight.device  # token ids go where the model is (CPU or CUDA)
+            report = gptq_quantize_model(m, calibration.to(device), bits, group_size=g, act_order=ao, progress=False)
         seconds = time.perf_counter() - t
         row = {"method": method, "bits": bits or 32, "group": f"g{g}" if g else ("channel" if bits else "-"),
                "act-order": ("on" if ao else "off") if method == "GPTQ" else "-",
                "perplexity": perplexity(m, tokenizer, protocol or FAST).ppl, "seconds": seconds}
-        if lm_eval_limit and cfg.get("lm_eval", True):
+        if lm_eval and cfg.get("lm_eval", True):
             from ..lm_eval_tasks import evaluate
 
             with _quiet_stderr("lm_eval"):
