@@ -294,7 +294,6 @@ def gptq_quantize_model(model: nn.Module, calibration: torch.Tensor, bits: int =
     check_calibration(model, calibration)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int (calibration samples per forward), got {batch_size!r}.")
-    from tqdm import tqdm
 
     t0 = time.perf_counter()
     report = GPTQReport(model=model, bits=bits, group_size=None if group_size in (None, -1) else group_size,
@@ -305,8 +304,7 @@ def gptq_quantize_model(model: nn.Module, calibration: torch.Tensor, bits: int =
     model.eval()
     try:
         inputs = _first_block_inputs(model, blocks[0], calibration, batch_size)
-        quiet = not progress or os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
-        for i, block in enumerate(tqdm(blocks, desc="GPTQ blocks", file=sys.stderr, disable=quiet)):
+        for i, block in enumerate(block_progress(blocks, "GPTQ blocks", progress)):
             home = next(block.parameters()).device
             if device is not None:
                 block.to(device)
@@ -336,6 +334,14 @@ def gptq_quantize_model(model: nn.Module, calibration: torch.Tensor, bits: int =
         model.train(was_training)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def block_progress(blocks, desc: str, progress: bool):
+    """The blocks, wrapped in a tqdm bar on stderr unless progress is False or TQDM_DISABLE is set."""
+    from tqdm import tqdm
+
+    quiet = not progress or os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
+    return tqdm(blocks, desc=desc, file=sys.stderr, disable=quiet)
 
 
 def _to(obj, device):
