@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from course_lib import models
-from course_lib.awq import (AWQ_ARCHITECTURES, architecture_groups, awq_quantize_model, awq_scales, fold_scales,
-                            scale_groups, search_scales)
+from course_lib.awq import (AWQ_ARCHITECTURES, apply_clip, architecture_groups, awq_quantize_model, awq_scales,
+                            fold_scales, scale_groups, search_clip, search_scales)
 from course_lib.gptq import find_blocks
 from course_lib.quant import fake_quantize
 
@@ -98,3 +98,30 @@ def test_whole_model_awq_quantizes_every_block_linear_and_beats_rtn_per_group(ar
     assert max(len(torch.unique(g)) for g in w.reshape(-1, 64)) <= 16
     with pytest.raises(ValueError, match="group_size 48 does not divide"):
         awq_quantize_model(models.tiny_model(arch), _calib(), 4, group_size=48, progress=False)
+
+
+def test_clip_search_never_hurts_and_clips_an_outlier_weight():
+    torch.manual_seed(0)
+    W = torch.randn(16, 64)
+    W[0, 5] = 12.0                                    # one outlier weight in row 0, group 0
+    x = torch.randn(300, 64)
+    assert torch.equal(search_clip(W, x, 3, group_size=32, max_shrink=0.0), W.abs().reshape(16, 2, 32).amax(-1))
+    max_val = search_clip(W, x, 3, group_size=32)
+    absmax = W.abs().reshape(16, 2, 32).amax(-1)
+    assert (max_val <= absmax).all() and (max_val >= 0.5 * absmax - 1e-6).all()
+    clipped = W.clone()
+    apply_clip(clipped, max_val)
+    assert clipped[0, 5] < 12.0 and (clipped.abs() <= W.abs()).all()
+
+    def err(w):
+        q = fake_quantize(w, 3, symmetric=False, granularity="group", group_size=32)
+        return ((x @ q.T - x @ W.T) ** 2).mean().item()
+
+    assert err(clipped) < err(W)
+
+
+def test_whole_model_clips_all_but_q_and_k():
+    model = models.tiny_model("llama")
+    report = awq_quantize_model(model, _calib(), 4, group_size=64, n_grid=4, progress=False)
+    assert report.clipped and not any(n.endswith(("q_proj", "k_proj")) for n in report.clipped)
+    assert len(report.clipped) == len(report.quantized) - 2 * 2  # 2 blocks, q and k left out

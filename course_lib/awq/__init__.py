@@ -1,6 +1,7 @@
-"""AWQ (Lin et al. 2023), written for the course: activation-aware scales, folded, then round-to-nearest.
+"""AWQ (Lin et al. 2023), written for the course: activation-aware scales, folded, clipping, then round-to-nearest.
 
-    core   ScaleGroup, AWQ_ARCHITECTURES, scale_groups, awq_scales, search_scales -> ScaleSearch, fold_scales
+    core   ScaleGroup, AWQ_ARCHITECTURES, scale_groups, awq_scales, search_scales -> ScaleSearch, fold_scales,
+           search_clip / apply_clip (the clipping search)
     model  awq_quantize_model(model, calibration, bits, group_size=...) -> AWQReport (block by block, float inputs)
 
     from course_lib.awq import awq_quantize_model
@@ -9,8 +10,8 @@
 
 from __future__ import annotations
 
-from .core import (AWQ_ARCHITECTURES, N_GRID, ScaleGroup, ScaleSearch, architecture_groups, awq_scales, fold_scales,
-                   normalise, scale_groups, search_scales, weight_mean)
+from .core import (AWQ_ARCHITECTURES, N_GRID, ScaleGroup, ScaleSearch, apply_clip, architecture_groups, awq_scales,
+                   fold_scales, normalise, scale_groups, search_clip, search_scales, weight_mean)
 from .model import AWQReport, awq_quantize_model
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "AWQReport",
     "architecture_groups",
     "N_GRID",
+    "apply_clip",
     "ScaleGroup",
     "ScaleSearch",
     "awq_quantize_model",
@@ -25,6 +27,7 @@ __all__ = [
     "fold_scales",
     "normalise",
     "scale_groups",
+    "search_clip",
     "search_scales",
     "weight_mean",
 ]

@@ -195,3 +195,52 @@ def fold_scales(prev: nn.Module, layers: list[nn.Linear], s: torch.Tensor) -> No
         if layer.in_features != s.numel():
             raise ValueError(f"{layer.in_features} inputs of a layer, {s.numel()} scales.")
         layer.weight.mul_(s.to(layer.weight.dtype)[None, :])
+
+
+@torch.no_grad()
+def search_clip(W: torch.Tensor, x: torch.Tensor, bits: int, *, group_size: int | None = 128, symmetric: bool = False,
+                n_grid: int = N_GRID, max_shrink: float = 0.5, row_chunk: int = 256) -> torch.Tensor:
+    """AWQ's clipping search: per output row and quantization group, the largest |w| allowed, max_val.
+
+    Clipping the few largest weights of a group shrinks its grid step for all the others. For shrink
+    factors 1, 1 - 1/n_grid, ... down to 1 - max_shrink, clamp the group to [-max_val, max_val],
+    quantize, and measure the group's contribution to the output on the sample inputs x (tokens, in);
+    keep, per row and group, the factor with the smallest squared output error. Returns max_val
+    (out, n_groups); shrink 0 (no clipping) is among the candidates, so the error never grows.
+    """
+    if not 0 <= max_shrink < 1:
+        raise ValueError(f"max_shrink must lie in [0, 1), got {max_shrink!r}.")
+    out_f, in_f = W.shape
+    g = group_size or in_f
+    if in_f % g:
+        raise ValueError(f"group_size {group_size} does not divide in_features {in_f}.")
+    xg = x.detach().float().reshape(-1, in_f // g, g)                       # (tokens, groups, g)
+    granularity = "group" if group_size else "channel"
+    best_max = torch.empty(out_f, in_f // g, dtype=torch.float32, device=W.device)
+    for r0 in range(0, out_f, row_chunk):
+        w = W[r0:r0 + row_chunk].detach().float().reshape(-1, in_f // g, g)   # (rows, groups, g)
+        ref = torch.einsum("rgk,tgk->rgt", w, xg)                           # each group's share of each output
+        max0 = w.abs().amax(dim=-1, keepdim=True)
+        best_err = torch.full(w.shape[:2], float("inf"), device=W.device)
+        best = max0[..., 0].clone()
+        for i in range(int(max_shrink * n_grid) + 1):
+            max_val = max0 * (1 - i / n_grid)
+            clipped = torch.clamp(w, -max_val, max_val).reshape(-1, in_f)
+            q = fake_quantize(clipped, bits, symmetric=symmetric, granularity=granularity,
+                              group_size=group_size).reshape(w.shape)
+            err = (torch.einsum("rgk,tgk->rgt", q, xg) - ref).pow(2).mean(dim=-1)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best = torch.where(better, max_val[..., 0], best)
+        best_max[r0:r0 + row_chunk] = best
+    return best_max
+
+
+@torch.no_grad()
+def apply_clip(W: torch.Tensor, max_val: torch.Tensor) -> None:
+    """In place: clamp each row's group k of W to [-max_val[row, k], max_val[row, k]]."""
+    out_f, in_f = W.shape
+    n_groups = max_val.shape[1]
+    w = W.view(out_f, n_groups, in_f // n_groups)
+    m = max_val.to(W.dtype)[..., None]
+    w.copy_(torch.maximum(torch.minimum(w, m), -m))

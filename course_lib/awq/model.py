@@ -5,8 +5,9 @@
 For each block: run the *float* block on its float inputs once, recording what every scale group's
 inspected module receives (and the block's outputs, which are the next block's inputs); then, group
 by group, search the scales (core.search_scales), fold the best ones into the model (the float
-function is unchanged), and finally round every linear layer of the block to the grid (RTN on the
-scaled weights). Unlike GPTQ, whose blocks are calibrated on what the already-quantized blocks
+function is unchanged), search each layer's clipping range on sampled inputs (core.search_clip; not
+q and k), and finally round every linear layer of the block to the grid (RTN on the scaled, clipped
+weights). Unlike GPTQ, whose blocks are calibrated on what the already-quantized blocks
 before them produce, every AWQ block sees float inputs: its search only needs activation statistics
 and a float reference output, and the paper finds that enough.
 """
@@ -20,7 +21,10 @@ import torch
 from torch import nn
 
 from ..quant.affine import check_args, fake_quantize
-from .core import N_GRID, ScaleGroup, ScaleSearch, architecture_groups, fold_scales, scale_groups, search_scales
+from .core import (N_GRID, ScaleGroup, ScaleSearch, apply_clip, architecture_groups, fold_scales, scale_groups,
+                   search_clip, search_scales)
+
+NO_CLIP = ("q_proj", "k_proj")  # their product forms the attention scores: AWQ leaves their range alone
 
 
 @dataclass
@@ -37,6 +41,7 @@ class AWQReport:
     groups: list[dict] = field(default_factory=list)
     searches: dict[str, ScaleSearch] = field(default_factory=dict)
     quantized: list[str] = field(default_factory=list)
+    clipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -61,6 +66,24 @@ def _record_inspect_inputs(block: nn.Module, groups: list[ScaleGroup], inputs) -
     return seen, outs
 
 
+def _sample_linear_inputs(block: nn.Module, names: list[str], inputs, n_tokens: int) -> dict[str, torch.Tensor]:
+    """Inputs of the named linear layers when the block runs on `inputs`: up to n_tokens evenly spaced tokens."""
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    handles = [block.get_submodule(n).register_forward_pre_hook(
+        lambda m, args, n=n: seen[n].append(args[0].reshape(-1, args[0].shape[-1]))) for n in names]
+    try:
+        for hidden, kwargs in inputs:
+            block(hidden, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    for n, xs in seen.items():
+        x = torch.cat(xs)
+        out[n] = x[torch.linspace(0, x.shape[0] - 1, min(n_tokens, x.shape[0]), device=x.device).long()]
+    return out
+
+
 def _run(module: nn.Module, recorded) -> torch.Tensor:
     """The module's output (a tuple's first element) on every recorded (args, kwargs), concatenated."""
     outs = []
@@ -72,12 +95,15 @@ def _run(module: nn.Module, recorded) -> torch.Tensor:
 
 @torch.no_grad()
 def awq_quantize_model(model: nn.Module, calibration: torch.Tensor, bits: int = 4, *, group_size: int | None = 128,
-                       symmetric: bool = False, n_grid: int = N_GRID, duo: bool = False, batch_size: int = 16,
-                       skip: tuple[str, ...] = ("lm_head",), progress: bool = True) -> AWQReport:
+                       symmetric: bool = False, n_grid: int = N_GRID, duo: bool = False, clip: bool = True,
+                       clip_tokens: int = 512, batch_size: int = 16, skip: tuple[str, ...] = ("lm_head",),
+                       progress: bool = True) -> AWQReport:
     """AWQ-scale, then round-to-nearest, every nn.Linear of the decoder blocks, in place (fake-quantized).
 
     calibration: LongTensor (n_samples, seq_len) of token ids on the model's device.
     symmetric=False (a zero point per group) is AWQ's usual setting. Layers are checked before any change.
+    clip: after the scales, search each layer's clipping range (core.search_clip) on up to clip_tokens
+      sampled inputs, except q_proj and k_proj.
     """
     from ..gptq.model import _first_block_inputs, block_progress, check_calibration, find_blocks
 
@@ -119,6 +145,14 @@ def awq_quantize_model(model: nn.Module, calibration: torch.Tensor, bits: int = 
                 report.groups.append({"block": i, "prev": g.prev, "layers": ", ".join(g.layers),
                                       "ratio": search.best_ratio, "loss_rtn": search.loss_rtn,
                                       "loss_awq": search.best_loss})
+            if clip:
+                names = [n for n in linears[i] if not n.endswith(NO_CLIP)]
+                samples = _sample_linear_inputs(block, names, inputs, clip_tokens)  # inputs of the scaled model
+                for name in names:
+                    w = block.get_submodule(name).weight
+                    apply_clip(w, search_clip(w, samples[name], bits, group_size=group_size, symmetric=symmetric,
+                                              n_grid=n_grid))
+                    report.clipped.append(f"{path}.{i}.{name}")
             for name in linears[i]:
                 w = block.get_submodule(name).weight
                 w.copy_(fake_quantize(w, bits, symmetric=symmetric, granularity="group" if group_size else "channel",
