@@ -1,0 +1,138 @@
+"""SmoothQuant (Xiao et al. 2023), written for the course: move activation outliers into the weights, then W8A8.
+
+    act_max = activation_absmax(model, calibration)          # per input channel, per norm -> layers group
+    scales = smooth_model(model, act_max, alpha=0.5)           # folds s into the norms: same float model
+    quantize_w8a8(model, activations="per_token")             # simulated int8 weights and activations
+
+Activations of LLMs have a few channels with much larger values than the rest, in every token;
+rounding a whole token (or tensor) to int8 with one scale wastes the grid on those channels.
+Weights have no such outliers. Per input channel j, SmoothQuant divides the activation by s_j and
+multiplies the weight column by s_j (the product is unchanged), with
+
+    s_j = max|X_j|^alpha / max|W_j|^(1 - alpha)
+
+so that alpha = 0.5 makes max|X_j / s_j| = max|W_j s_j| = sqrt(max|X_j| max|W_j|): the difficulty is
+split evenly. The division is folded into the norm before the layers (the same folding as AWQ's).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .awq.core import fold_scales, scale_groups
+from .quant.affine import fake_quantize
+
+__all__ = ["activation_absmax", "smooth_scales", "smooth_model", "W8A8Linear", "quantize_w8a8", "ACTIVATION_MODES"]
+
+ACTIVATION_MODES = ("per_tensor", "per_token")
+
+
+def _norm_groups(model: nn.Module):
+    """(block path, block, [scale groups whose producer is a norm]) for every decoder block."""
+    from .gptq.model import find_blocks
+
+    path, blocks, _ = find_blocks(model)
+    for i, block in enumerate(blocks):
+        groups = [g for g in scale_groups(model, block) if not isinstance(block.get_submodule(g.prev), nn.Linear)]
+        yield f"{path}.{i}", block, groups
+
+
+@torch.no_grad()
+def activation_absmax(model: nn.Module, calibration: torch.Tensor, batch_size: int = 16) -> dict[str, torch.Tensor]:
+    """max over calibration tokens of |x_j|, per input channel j, for the input of each norm -> layers group.
+    Keys: "<block path>.<norm name>", e.g. "model.layers.0.input_layernorm"."""
+    from .gptq.model import check_calibration
+
+    check_calibration(model, calibration)
+    out: dict[str, torch.Tensor] = {}
+    handles = []
+    for path, block, groups in _norm_groups(model):
+        for g in groups:
+            key = f"{path}.{g.prev}"
+
+            def hook(module, args, key=key):
+                m = args[0].detach().abs().reshape(-1, args[0].shape[-1]).float().amax(dim=0)
+                out[key] = m if key not in out else torch.maximum(out[key], m)
+            handles.append(block.get_submodule(g.layers[0]).register_forward_pre_hook(hook))
+    try:
+        for i in range(0, calibration.shape[0], batch_size):
+            model(input_ids=calibration[i:i + batch_size], use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
+
+
+def smooth_scales(act_absmax: torch.Tensor, weight_absmax: torch.Tensor, alpha: float) -> torch.Tensor:
+    """s = max|X|^alpha / max|W|^(1 - alpha), per input channel (both clamped away from 0)."""
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha (migration strength) must lie in [0, 1], got {alpha!r}; 0.5 is the paper's default.")
+    if act_absmax.shape != weight_absmax.shape:
+        raise ValueError(f"{act_absmax.numel()} activation channels, {weight_absmax.numel()} weight columns.")
+    return act_absmax.clamp(min=1e-5).pow(alpha) / weight_absmax.clamp(min=1e-5).pow(1 - alpha)
+
+
+@torch.no_grad()
+def smooth_model(model: nn.Module, act_absmax: dict[str, torch.Tensor], alpha: float = 0.5) -> dict[str, torch.Tensor]:
+    """Fold SmoothQuant's scales into the norms of every block (in place); returns the scales by group key."""
+    scales = {}
+    for path, block, groups in _norm_groups(model):
+        for g in groups:
+            key = f"{path}.{g.prev}"
+            if key not in act_absmax:
+                raise KeyError(f"No activation statistics for {key}; compute them with "
+                               f"activation_absmax(model, calib).")
+            layers = [block.get_submodule(n) for n in g.layers]
+            w_max = torch.cat([layer.weight.detach().abs().float() for layer in layers]).amax(dim=0)
+            s = smooth_scales(act_absmax[key].to(w_max.device), w_max, alpha)
+            fold_scales(block.get_submodule(g.prev), layers, s)
+            scales[key] = s
+    return scales
+
+
+def _fake_quantize_activation(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """Symmetric int8 fake quantization of activations, one scale per tensor or per token (row), computed on the fly."""
+    flat = x.reshape(-1, x.shape[-1])
+    if mode == "per_tensor":
+        q = fake_quantize(flat, 8, granularity="tensor")
+    else:
+        q = fake_quantize(flat, 8, granularity="channel")  # "channel" = one scale per row, i.e. per token here
+    return q.reshape(x.shape).to(x.dtype)
+
+
+class W8A8Linear(nn.Module):
+    """A linear layer that computes with int8-rounded weights (per output channel) and int8-rounded inputs
+    (per tensor or per token, dynamic): simulated W8A8, in float arithmetic."""
+
+    def __init__(self, linear: nn.Linear, activations: str = "per_token"):
+        super().__init__()
+        if activations not in ACTIVATION_MODES:
+            raise ValueError(f"activations must be one of {ACTIVATION_MODES}, got {activations!r}.")
+        self.activations = activations
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        w = fake_quantize(linear.weight.detach(), 8, granularity="channel")
+        self.weight = nn.Parameter(w.to(linear.weight.dtype), requires_grad=False)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(_fake_quantize_activation(x, self.activations), self.weight, self.bias)
+
+
+@torch.no_grad()
+def quantize_w8a8(model: nn.Module, activations: str = "per_token", skip: tuple[str, ...] = ("lm_head",)) -> list[str]:
+    """Replace every nn.Linear of the decoder blocks (names not ending in `skip`) by a W8A8Linear, in place."""
+    from .gptq.model import find_blocks
+
+    if activations not in ACTIVATION_MODES:
+        raise ValueError(f"activations must be one of {ACTIVATION_MODES}, got {activations!r}.")
+    path, blocks, _ = find_blocks(model)
+    replaced = []
+    for i, block in enumerate(blocks):
+        for name, module in list(block.named_modules()):
+            if isinstance(module, nn.Linear) and not name.endswith(skip):
+                parent_name, _, child = name.rpartition(".")
+                parent = block.get_submodule(parent_name) if parent_name else block
+                setattr(parent, child, W8A8Linear(module, activations))
+                replaced.append(f"{path}.{i}.{name}")
+    return replaced

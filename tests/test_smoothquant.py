@@ -1,0 +1,69 @@
+"""course_lib.smoothquant: scales, folding into norms, simulated W8A8."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from course_lib import models
+from course_lib.smoothquant import W8A8Linear, activation_absmax, quantize_w8a8, smooth_model, smooth_scales
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _calib(n=4, seq=32, seed=0):
+    return torch.randint(0, 4096, (n, seq), generator=torch.Generator().manual_seed(seed))
+
+
+def test_alpha_half_equalises_activation_and_weight_maxima():
+    """After smoothing with alpha = 0.5, per input channel max|X / s| == max|W s| (the layers' actual inputs)."""
+    model, calib = models.tiny_model("llama"), _calib()
+    with torch.no_grad():
+        before = model(calib).logits
+        stats = activation_absmax(model, calib)
+        smooth_model(model, stats, alpha=0.5)
+        after = model(calib).logits
+        new_stats = activation_absmax(model, calib)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-5)  # folding keeps the float model
+    block = model.model.layers[0]
+    layers = {"model.layers.0.input_layernorm": ("q_proj", "k_proj", "v_proj"),
+              "model.layers.0.post_attention_layernorm": ("gate_proj", "up_proj")}
+    for key, names in layers.items():
+        parent = block.self_attn if "input" in key else block.mlp
+        w_max = torch.cat([getattr(parent, n).weight.abs() for n in names]).amax(dim=0)
+        torch.testing.assert_close(new_stats[key], w_max, rtol=1e-4, atol=1e-6)
+    norms = ("input_layernorm", "post_attention_layernorm")
+    assert set(stats) == {f"model.layers.{i}.{n}" for i in (0, 1) for n in norms}
+
+
+def test_smooth_scales_limits_and_errors():
+    a, w = torch.tensor([8.0, 1.0]), torch.tensor([2.0, 4.0])
+    torch.testing.assert_close(smooth_scales(a, w, 1.0), a)          # all difficulty to the weights
+    torch.testing.assert_close(smooth_scales(a, w, 0.0), 1 / w)      # all to the activations
+    with pytest.raises(ValueError, match="alpha"):
+        smooth_scales(a, w, 1.5)
+    with pytest.raises(ValueError, match="activation channels"):
+        smooth_scales(a, torch.ones(3), 0.5)
+
+
+def test_per_token_w8a8_beats_per_tensor_on_an_outlier_token():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32)
+    x = torch.randn(10, 64)
+    x[3] *= 100.0                                     # one token with huge activations
+    ref = linear(x)
+    normal = torch.arange(10) != 3                   # the other tokens' outputs
+    errs = {mode: (W8A8Linear(linear, mode)(x) - ref)[normal].pow(2).mean().item()
+            for mode in ("per_tensor", "per_token")}
+    assert errs["per_token"] < 0.01 * errs["per_tensor"]  # one shared scale wastes the grid on the outlier token
+    with pytest.raises(ValueError, match="per_tensor"):
+        W8A8Linear(linear, "per_channel")
+
+
+def test_quantize_w8a8_replaces_block_linears_only():
+    model = models.tiny_model("llama")
+    replaced = quantize_w8a8(model, "per_token")
+    assert len(replaced) == 2 * 7 and isinstance(model.model.layers[0].mlp.down_proj, W8A8Linear)
+    assert isinstance(model.lm_head, torch.nn.Linear)
+    with torch.no_grad():
+        assert torch.isfinite(model(_calib()).logits).all()
