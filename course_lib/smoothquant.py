@@ -25,7 +25,13 @@ from .quant.affine import fake_quantize
 
 __all__ = ["activation_absmax", "smooth_scales", "smooth_model", "W8A8Linear", "quantize_w8a8", "ACTIVATION_MODES"]
 
-ACTIVATION_MODES = ("per_tensor", "per_token")
+# activation mode -> the granularity of quant.affine that gives it (a token is a row of the flattened input)
+ACTIVATION_MODES = {"per_tensor": "tensor", "per_token": "channel"}
+
+
+def _check_mode(activations: str) -> None:
+    if activations not in ACTIVATION_MODES:
+        raise ValueError(f"activations must be one of {tuple(ACTIVATION_MODES)}, got {activations!r}.")
 
 
 def _norm_groups(model: nn.Module):
@@ -93,11 +99,7 @@ def smooth_model(model: nn.Module, act_absmax: dict[str, torch.Tensor], alpha: f
 
 def _fake_quantize_activation(x: torch.Tensor, mode: str) -> torch.Tensor:
     """Symmetric int8 fake quantization of activations, one scale per tensor or per token (row), computed on the fly."""
-    flat = x.reshape(-1, x.shape[-1])
-    if mode == "per_tensor":
-        q = fake_quantize(flat, 8, granularity="tensor")
-    else:
-        q = fake_quantize(flat, 8, granularity="channel")  # "channel" = one scale per row, i.e. per token here
+    q = fake_quantize(x.reshape(-1, x.shape[-1]), 8, granularity=ACTIVATION_MODES[mode])
     return q.reshape(x.shape).to(x.dtype)
 
 
@@ -107,8 +109,7 @@ class W8A8Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear, activations: str = "per_token"):
         super().__init__()
-        if activations not in ACTIVATION_MODES:
-            raise ValueError(f"activations must be one of {ACTIVATION_MODES}, got {activations!r}.")
+        _check_mode(activations)
         self.activations = activations
         self.in_features, self.out_features = linear.in_features, linear.out_features
         w = fake_quantize(linear.weight.detach(), 8, granularity="channel")
@@ -124,8 +125,7 @@ def quantize_w8a8(model: nn.Module, activations: str = "per_token", skip: tuple[
     """Replace every nn.Linear of the decoder blocks (names not ending in `skip`) by a W8A8Linear, in place."""
     from .gptq.model import find_blocks
 
-    if activations not in ACTIVATION_MODES:
-        raise ValueError(f"activations must be one of {ACTIVATION_MODES}, got {activations!r}.")
+    _check_mode(activations)  # before any layer is replaced
     path, blocks, _ = find_blocks(model)
     replaced = []
     for i, block in enumerate(blocks):

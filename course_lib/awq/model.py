@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..gptq.model import _first_block_inputs, _run_block, block_progress, check_calibration, find_blocks
 from ..quant.affine import check_args, fake_quantize
 from .core import (N_GRID, ScaleGroup, ScaleSearch, apply_clip, architecture_groups, fold_scales, scale_groups,
                    search_clip, search_scales)
@@ -55,11 +56,8 @@ def _record_inspect_inputs(block: nn.Module, groups: list[ScaleGroup], inputs) -
         return pre_hook
 
     handles = [block.get_submodule(n).register_forward_pre_hook(make(n), with_kwargs=True) for n in seen]
-    outs = []
     try:
-        for hidden, kwargs in inputs:
-            out = block(hidden, **kwargs)
-            outs.append(out[0] if isinstance(out, tuple) else out)
+        outs = _run_block(block, inputs)
     finally:
         for h in handles:
             h.remove()
@@ -72,8 +70,7 @@ def _sample_linear_inputs(block: nn.Module, names: list[str], inputs, n_tokens: 
     handles = [block.get_submodule(n).register_forward_pre_hook(
         lambda m, args, n=n: seen[n].append(args[0].reshape(-1, args[0].shape[-1]))) for n in names]
     try:
-        for hidden, kwargs in inputs:
-            block(hidden, **kwargs)
+        _run_block(block, inputs)
     finally:
         for h in handles:
             h.remove()
@@ -105,8 +102,6 @@ def awq_quantize_model(model: nn.Module, calibration: torch.Tensor, bits: int = 
     clip: after the scales, search each layer's clipping range (core.search_clip) on up to clip_tokens
       sampled inputs, except q_proj and k_proj.
     """
-    from ..gptq.model import _first_block_inputs, block_progress, check_calibration, find_blocks
-
     architecture_groups(model)  # an unknown architecture fails here, naming the mapping to provide
     path, blocks, _ = find_blocks(model)
     per_block = [scale_groups(model, block) for block in blocks]
