@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..gptq.model import _first_block_inputs, _run_block, block_progress, check_calibration, find_blocks
-from ..quant.affine import check_args, fake_quantize
+from ..quant.affine import QTensor, check_args, dequantize, quantize
 from .core import (N_GRID, ScaleGroup, ScaleSearch, apply_clip, architecture_groups, fold_scales, scale_groups,
                    search_clip, search_scales)
 
@@ -43,6 +43,7 @@ class AWQReport:
     searches: dict[str, ScaleSearch] = field(default_factory=dict)
     quantized: list[str] = field(default_factory=list)
     clipped: list[str] = field(default_factory=list)
+    codes: dict[str, QTensor] = field(default_factory=dict, repr=False)  # layer -> its codes, scales, zero points
     seconds: float = 0.0
 
 
@@ -94,13 +95,15 @@ def _run(module: nn.Module, recorded) -> torch.Tensor:
 def awq_quantize_model(model: nn.Module, calibration: torch.Tensor, bits: int = 4, *, group_size: int | None = 128,
                        symmetric: bool = False, n_grid: int = N_GRID, duo: bool = False, clip: bool = True,
                        clip_tokens: int = 512, batch_size: int = 16, skip: tuple[str, ...] = ("lm_head",),
-                       progress: bool = True) -> AWQReport:
+                       scale_dtype: torch.dtype = torch.float16, progress: bool = True) -> AWQReport:
     """AWQ-scale, then round-to-nearest, every nn.Linear of the decoder blocks, in place (fake-quantized).
 
     calibration: LongTensor (n_samples, seq_len) of token ids on the model's device.
     symmetric=False (a zero point per group) is AWQ's usual setting. Layers are checked before any change.
     clip: after the scales, search each layer's clipping range (core.search_clip) on up to clip_tokens
       sampled inputs, except q_proj and k_proj.
+    scale_dtype: the grid scales are rounded to it before the weights are rounded, so that the model
+      computes exactly what an AWQ checkpoint (float16 scales) stores; report.codes keeps the codes.
     """
     architecture_groups(model)  # an unknown architecture fails here, naming the mapping to provide
     path, blocks, _ = find_blocks(model)
@@ -150,9 +153,12 @@ def awq_quantize_model(model: nn.Module, calibration: torch.Tensor, bits: int = 
                     report.clipped.append(f"{path}.{i}.{name}")
             for name in linears[i]:
                 w = block.get_submodule(name).weight
-                w.copy_(fake_quantize(w, bits, symmetric=symmetric, granularity="group" if group_size else "channel",
-                                      group_size=group_size))
+                qt = quantize(w, bits, symmetric=symmetric, granularity="group" if group_size else "channel",
+                              group_size=group_size)
+                qt.scale = qt.scale.to(scale_dtype).float()  # what a checkpoint stores (float16 for AWQ)
+                w.copy_(dequantize(qt))
                 report.quantized.append(f"{path}.{i}.{name}")
+                report.codes[f"{path}.{i}.{name}"] = qt
             inputs = [(h, kw) for h, (_, kw) in zip(outputs, inputs)]  # float outputs: no error propagation
     finally:
         model.train(was_training)

@@ -1,0 +1,148 @@
+"""Save an AWQ-quantized model as an AWQ ("GEMM") checkpoint that transformers loads.
+
+    report = awq_quantize_model(model, calib, bits=4, group_size=128)
+    save_awq_checkpoint(model, report, "out/course-model-awq", tokenizer=tok)
+    qmodel = load_awq_checkpoint("out/course-model-awq")     # transformers; gptqmodel provides the layers
+
+The format is the one AutoAWQ introduced ("version": "gemm") and GPTQModel and vLLM read. For each
+quantized linear layer (in_features = K, out_features = N, G = K / group_size groups):
+
+  qweight  int32 (K, N / 8)   row k holds the 4-bit codes of input k for all N outputs, 8 per word;
+                              inside a word the 8 outputs are interleaved in the order 0 2 4 6 1 3 5 7
+                              (nibble j holds output AWQ_ORDER[j]), which suits the CUDA kernel's unpacking
+  qzeros   int32 (G, N / 8)   the zero point of each group and output, packed the same way (no "minus one",
+                              unlike the GPTQ v1 format)
+  scales   float16 (G, N)     one scale per group and output
+
+and w[n, k] = scales[g, n] * (code[k, n] - zero[g, n]) with g = k // group_size. Compared with the GPTQ
+format (course_lib.gptq.qlinear): the codes are packed along the *output* dimension instead of the
+input dimension, there is no g_idx (AWQ never reorders columns) and zeros are stored as they are.
+transformers 5.17 reads the format only through gptqmodel (its AWQ quantizer imports it); on CPU gptqmodel
+picks a torch kernel that unpacks and dequantizes inside each matmul. Only 4 bits are written: the GEMM
+format and the kernels that read it are 4-bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..quant.affine import QTensor, dequantize
+from .model import AWQReport
+
+AWQ_BITS = 4
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble j of a word holds output column AWQ_ORDER[j] of its 8
+_PER_WORD = 32 // AWQ_BITS
+
+
+def pack_awq(codes: torch.Tensor) -> torch.Tensor:
+    """Unsigned 4-bit codes (rows, N) -> int32 words (rows, N / 8) in AWQ's interleaved order."""
+    rows, n = codes.shape
+    if n % _PER_WORD:
+        raise ValueError(f"AWQ packs 8 outputs per int32 word; {n} outputs is not a multiple of 8.")
+    if codes.min() < 0 or codes.max() > 15:
+        raise ValueError("AWQ codes must be unsigned 4-bit integers in [0, 15].")
+    c = codes.to(torch.int64).reshape(rows, n // _PER_WORD, _PER_WORD)[..., list(AWQ_ORDER)]
+    shifts = torch.arange(0, 32, AWQ_BITS, device=codes.device)
+    words = (c << shifts).sum(dim=-1)                        # < 2^32: fits int64, then wraps into int32
+    return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+
+
+def unpack_awq(words: torch.Tensor) -> torch.Tensor:
+    """Inverse of pack_awq: int32 words (rows, N / 8) -> int64 codes (rows, N)."""
+    shifts = torch.arange(0, 32, AWQ_BITS, device=words.device)
+    nibbles = (words.to(torch.int64)[..., None] >> shifts) & 0xF  # nibble j = output AWQ_ORDER[j]
+    codes = torch.empty_like(nibbles)
+    codes[..., list(AWQ_ORDER)] = nibbles
+    return codes.reshape(words.shape[0], -1)
+
+
+def awq_tensors(qt: QTensor) -> dict[str, torch.Tensor]:
+    """qweight, qzeros and scales of one layer from its QTensor (codes (N, K), scale and zero (N, G, 1))."""
+    if qt.bits != AWQ_BITS or qt.granularity not in ("group", "channel"):
+        raise ValueError(f"AWQ checkpoints hold 4-bit weights with a scale per group or channel; got {qt.bits}-bit "
+                         f"{qt.granularity} quantization.")
+    codes = qt.q.to(torch.int64)
+    zeros = qt.zero.reshape(qt.shape[0], -1).round().to(torch.int64)
+    if qt.symmetric:  # signed codes in [-8, 7] with zero 0 -> unsigned codes with zero point 8
+        codes, zeros = codes + 8, zeros + 8
+    return {"qweight": pack_awq(codes.T.contiguous()),
+            "qzeros": pack_awq(zeros.T.contiguous()),
+            "scales": qt.scale.reshape(qt.shape[0], -1).T.to(torch.float16).contiguous()}
+
+
+def quantization_config(report: AWQReport) -> dict:
+    """The quantization_config entry of config.json (keys as transformers' AwqConfig)."""
+    return {"quant_method": "awq", "bits": AWQ_BITS, "group_size": report.group_size or -1, "zero_point": True,
+            "version": "gemm", "modules_to_not_convert": ["lm_head"], "meta": {"quantizer": ["course_lib.awq"]}}
+
+
+@torch.no_grad()
+def save_awq_checkpoint(model: nn.Module, report: AWQReport, out_dir: str | Path, tokenizer=None) -> Path:
+    """Write `model` (quantized by awq_quantize_model, which produced `report`) to `out_dir` in the AWQ
+    GEMM format; returns the directory. Needs bits=4."""
+    from safetensors.torch import save_file
+
+    if not isinstance(report, AWQReport) or not report.codes:
+        raise TypeError("save_awq_checkpoint needs the AWQReport returned by awq_quantize_model(model, ...).")
+    if report.bits != AWQ_BITS:
+        raise ValueError(f"The AWQ format stores 4-bit weights; the model was quantized to {report.bits} bits. "
+                         "Quantize with bits=4 to export (3-bit results stay in memory as fake-quantized weights).")
+    quantized = {name for name, m in model.named_modules() if isinstance(m, nn.Linear)} - {"lm_head"}
+    if set(report.codes) != quantized:
+        raise ValueError("save_awq_checkpoint: the AWQ format quantizes every linear layer except lm_head; this "
+                         f"report covers {len(report.codes)} of {len(quantized)} (was skip= changed?).")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    seen_storage: set[int] = set()
+    for key, t in model.state_dict().items():
+        if key.endswith(".weight") and key[: -len(".weight")] in report.codes:
+            continue
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen_storage:  # tied weights (lm_head = embed_tokens): saved once, transformers re-ties
+            continue
+        seen_storage.add(ptr)
+        tensors[key] = t.detach().to("cpu").contiguous()
+    for name, qt in report.codes.items():
+        if not torch.equal(dequantize(qt), model.get_submodule(name).weight):
+            raise ValueError(f"{name}: the model's weight is not the AWQ result in the report (was the model changed "
+                             "after quantization?); export right after awq_quantize_model.")
+        for buf, t in awq_tensors(qt).items():
+            tensors[f"{name}.{buf}"] = t.to("cpu")
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+
+    config = copy.deepcopy(model.config)
+    config.quantization_config = quantization_config(report)
+    config.save_pretrained(out)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    return out
+
+
+def load_awq_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float16, device_map: str = "cpu"):
+    """Load an AWQ checkpoint with transformers (gptqmodel provides the AWQ layers), in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise ValueError(f"No config.json in {path}; write the checkpoint with save_awq_checkpoint first.")
+    if json.loads(config_file.read_text()).get("quantization_config", {}).get("quant_method") != "awq":
+        raise ValueError(f"{path} has no AWQ quantization_config in config.json; write it with save_awq_checkpoint.")
+    try:
+        import gptqmodel  # noqa: F401  (transformers' AWQ quantizer needs it)
+    except ImportError as exc:
+        raise ImportError("Loading an AWQ checkpoint in transformers needs gptqmodel; install the course's "
+                          "compression extra: pip install -e .[compress]") from exc
+    from ..gptq_tools import _quiet
+
+    with _quiet():  # gptqmodel's banner, kernel choice and progress bars go to a buffer
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, device_map=device_map)
+    return model.eval()
