@@ -23,7 +23,8 @@ from torch import nn
 from .awq.core import fold_scales, scale_groups
 from .quant.affine import fake_quantize
 
-__all__ = ["activation_absmax", "smooth_scales", "smooth_model", "W8A8Linear", "quantize_w8a8", "ACTIVATION_MODES"]
+__all__ = ["activation_absmax", "smooth_scales", "smooth_model", "W8A8Linear", "quantize_w8a8", "ACTIVATION_MODES",
+           "outlier_ratio", "inject_outliers", "w8a8_rows"]
 
 # activation mode -> the granularity of quant.affine that gives it (a token is a row of the flattened input)
 ACTIVATION_MODES = {"per_tensor": "tensor", "per_token": "channel"}
@@ -136,3 +137,50 @@ def quantize_w8a8(model: nn.Module, activations: str = "per_token", skip: tuple[
                 setattr(parent, child, W8A8Linear(module, activations))
                 replaced.append(f"{path}.{i}.{name}")
     return replaced
+
+
+def outlier_ratio(act_absmax: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Per group: the largest channel maximum over the median channel maximum (1 = no outlier channel)."""
+    return {k: (v.max() / v.median().clamp(min=1e-12)).item() for k, v in act_absmax.items()}
+
+
+@torch.no_grad()
+def inject_outliers(model: nn.Module, channels, factor: float = 30.0) -> None:
+    """An experiment, not a method: make `channels` of every norm's output `factor` times larger and divide
+    the matching weight columns of the layers that read them by `factor` (fold_scales with s = 1/factor).
+    The float model computes the same function, but its activations now carry outlier channels, the
+    pattern that large LLMs show (a few channels 10-100x larger in every token) and small ones lack."""
+    if factor <= 0:
+        raise ValueError(f"factor must be positive, got {factor!r}.")
+    for _, block, groups in _norm_groups(model):
+        for g in groups:
+            layers = [block.get_submodule(n) for n in g.layers]
+            s = torch.ones(layers[0].in_features, device=layers[0].weight.device)
+            s[torch.as_tensor(channels, device=s.device)] = 1.0 / factor
+            fold_scales(block.get_submodule(g.prev), layers, s)
+
+
+def w8a8_rows(model: nn.Module, tokenizer, calibration: torch.Tensor, settings, *, protocol=None,
+              stream=None) -> list[dict]:
+    """Simulated W8A8 perplexity for each (activations, alpha) in `settings`, on fresh copies of `model`;
+    alpha None = no smoothing. The activation maxima are measured once, on `model`. Rows: activations,
+    alpha, "outlier ratio" (largest / median channel maximum after smoothing, worst group), perplexity
+    (`protocol`, default FAST; `stream` replaces the test split's tokens, as in perplexity())."""
+    import copy
+
+    from .perplexity import FAST, perplexity
+
+    act = activation_absmax(model, calibration)
+    rows = []
+    for activations, alpha in settings:
+        _check_mode(activations)
+        m = copy.deepcopy(model)
+        after = act
+        if alpha is not None:
+            scales = smooth_model(m, act, alpha)
+            after = {k: v / scales[k] for k, v in act.items()}  # X / s: what the layers now read
+        quantize_w8a8(m, activations)
+        rows.append({"activations": activations, "alpha": "-" if alpha is None else alpha,
+                     "outlier ratio": max(outlier_ratio(after).values()),
+                     "perplexity": perplexity(m, tokenizer, protocol or FAST, stream=stream).ppl})
+    return rows

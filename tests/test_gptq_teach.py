@@ -152,4 +152,4 @@ def test_rtn_result_packs_into_quantlinear():
 
 def test_quantize_grid_rejects_unknown_methods():
     with pytest.raises(ValueError, match="method"):
-        teach.quantize_grid(torch.nn.Linear(2, 2), None, torch.zeros(1, 1, dtype=torch.long), [{"method": "AWQ"}])
+        teach.quantize_grid(torch.nn.Linear(2, 2), None, torch.zeros(1, 1, dtype=torch.long), [{"method": "SpQR"}])

@@ -67,3 +67,33 @@ def test_quantize_w8a8_replaces_block_linears_only():
     assert isinstance(model.lm_head, torch.nn.Linear)
     with torch.no_grad():
         assert torch.isfinite(model(_calib()).logits).all()
+
+
+def test_injected_outliers_keep_the_float_model_and_smoothing_removes_them():
+    from course_lib.smoothquant import inject_outliers, outlier_ratio, w8a8_rows
+
+    model, calib = models.tiny_model("llama"), _calib()
+    with torch.no_grad():
+        before = model(calib).logits
+        ratio0 = max(outlier_ratio(activation_absmax(model, calib)).values())
+        inject_outliers(model, [3, 70], factor=50.0)
+        torch.testing.assert_close(model(calib).logits, before, rtol=1e-4, atol=1e-4)
+    ratio = max(outlier_ratio(activation_absmax(model, calib)).values())
+    assert ratio > 10 * ratio0
+    with pytest.raises(ValueError, match="positive"):
+        inject_outliers(model, [1], factor=0.0)
+
+
+def test_w8a8_rows_smoothing_helps_per_tensor_on_injected_outliers():
+    from course_lib import perplexity
+    from course_lib.smoothquant import inject_outliers, w8a8_rows
+
+    model, calib = models.tiny_model("llama"), _calib(8, 64)
+    inject_outliers(model, [3, 70], factor=100.0)
+    stream = calib.reshape(-1)
+    proto = perplexity.Protocol(seq_len=64, stride=64, max_tokens=512)
+    rows = w8a8_rows(model, None, calib, [("per_tensor", None), ("per_tensor", 0.5)], protocol=proto,
+                     stream=stream)
+    assert [r["alpha"] for r in rows] == ["-", 0.5]
+    assert rows[1]["outlier ratio"] < rows[0]["outlier ratio"] / 10
+    assert rows[1]["perplexity"] < rows[0]["perplexity"]

@@ -267,8 +267,9 @@ def calibration_sets(tokenizer, n_samples: int, seq_len: int, *, seed: int = 0) 
 def quantize_grid(model, tokenizer, calibration: torch.Tensor, configs, *, protocol=None,
                   lm_eval: bool = False, lm_eval_limit: int | None = None, lm_eval_tasks=("course_nextline",),
                   keep: dict | None = None) -> list[dict]:
-    """Score each config on a fresh copy of `model`. A config: {"method": "FP" | "RTN" | "GPTQ", "bits",
-    "group_size" (None = per-channel), "act_order", "lm_eval" (default True)}. Rows: the config, perplexity,
+    """Score each config on a fresh copy of `model`. A config: {"method": "FP" | "RTN" | "GPTQ" | "AWQ", "bits",
+    "group_size" (None = per-channel), "act_order", "symmetric" (default True; AWQ's default is False),
+    "clip" (AWQ only, default True), "lm_eval" (default True)}. Rows: the config, perplexity,
     quantization seconds, and with lm_eval=True the lm-eval metrics (lm_eval_tasks.evaluate) on the first
     lm_eval_limit items of each task (None: all of them).
     keep: a dict that receives {row index: (quantized model, GPTQReport or RTNReport or None)}."""
@@ -278,18 +279,25 @@ def quantize_grid(model, tokenizer, calibration: torch.Tensor, configs, *, proto
     rows = []
     for cfg in configs:
         method, bits, g, ao = cfg["method"], cfg.get("bits"), cfg.get("group_size"), cfg.get("act_order", False)
-        if method not in ("FP", "RTN", "GPTQ"):
-            raise ValueError(f"method must be 'FP', 'RTN' or 'GPTQ', got {method!r}.")
+        sym = cfg.get("symmetric", method != "AWQ")
+        if method not in ("FP", "RTN", "GPTQ", "AWQ"):
+            raise ValueError(f"method must be 'FP', 'RTN', 'GPTQ' or 'AWQ', got {method!r}.")
         m, report = copy.deepcopy(model), None
+        device = m.get_input_embeddings().weight.device  # token ids go where the model is (CPU or CUDA)
         t = time.perf_counter()
         if method == "RTN":
-            report = quantize_model_rtn(m, bits, granularity="group" if g else "channel", group_size=g,
+            report = quantize_model_rtn(m, bits, symmetric=sym, granularity="group" if g else "channel", group_size=g,
                                         gptq_grid=True)  # the grid GPTQ uses: only the rounding differs
         elif method == "GPTQ":
             from .model import gptq_quantize_model
 
-            device = m.get_input_embeddings().weight.device  # token ids go where the model is (CPU or CUDA)
-            report = gptq_quantize_model(m, calibration.to(device), bits, group_size=g, act_order=ao, progress=False)
+            report = gptq_quantize_model(m, calibration.to(device), bits, group_size=g, symmetric=sym, act_order=ao,
+                                         progress=False)
+        elif method == "AWQ":
+            from ..awq import awq_quantize_model
+
+            report = awq_quantize_model(m, calibration.to(device), bits, group_size=g, symmetric=sym,
+                                        clip=cfg.get("clip", True), progress=False)
         seconds = time.perf_counter() - t
         row = {"method": method, "bits": bits or 32, "group": f"g{g}" if g else ("channel" if bits else "-"),
                "act-order": ("on" if ao else "off") if method == "GPTQ" else "-",

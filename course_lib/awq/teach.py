@@ -1,0 +1,120 @@
+"""Chapter 04's experiments: salient channels, keeping 1% in float, and why scaling protects a channel.
+
+    stats = channel_stats(model, calib)                         # mean and max |x| per input channel, every linear
+    keep_salient(model_copy, stats, bits=3, fraction=0.01, by="activation")   # RTN, 1% of columns kept in float
+    rows = scaling_rows(W, x, channel, scales=(1, 2, 4))         # one channel scaled up: its error and the group's step
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..gptq.model import find_blocks
+from ..quant.affine import fake_quantize, quantize
+
+CRITERIA = ("activation", "weight", "random")
+
+
+def block_linears(model: nn.Module, skip: tuple[str, ...] = ("lm_head",)) -> list[str]:
+    """Full names of the nn.Linear layers of the decoder blocks (the layers the chapter quantizes)."""
+    path, blocks, _ = find_blocks(model)
+    return [f"{path}.{i}.{n}" for i, block in enumerate(blocks) for n, m in block.named_modules()
+            if isinstance(m, nn.Linear) and not n.endswith(skip)]
+
+
+@torch.no_grad()
+def channel_stats(model: nn.Module, calibration: torch.Tensor, names: list[str] | None = None,
+                  batch_size: int = 16) -> dict[str, dict[str, torch.Tensor]]:
+    """Per input channel of each named linear layer (default: every block linear), over all calibration
+    tokens: {"mean": mean |x_j|, "max": max |x_j|} (float32, on the model's device)."""
+    from ..gptq.model import check_calibration
+
+    check_calibration(model, calibration)
+    names = names or block_linears(model)
+    sums: dict[str, torch.Tensor] = {}
+    maxs: dict[str, torch.Tensor] = {}
+    count = {"tokens": 0}
+
+    def make(name):
+        def hook(module, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float().abs()
+            sums[name] = sums.get(name, 0) + x.sum(dim=0)
+            maxs[name] = torch.maximum(maxs[name], x.amax(dim=0)) if name in maxs else x.amax(dim=0)
+        return hook
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(make(n)) for n in names]
+    try:
+        for i in range(0, calibration.shape[0], batch_size):
+            batch = calibration[i:i + batch_size]
+            model(input_ids=batch, use_cache=False)
+            count["tokens"] += batch.numel()
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: {"mean": sums[n] / count["tokens"], "max": maxs[n]} for n in names}
+
+
+def salient_columns(weight: torch.Tensor, act_mean: torch.Tensor, fraction: float, by: str,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """Indices of the top `fraction` of input channels by `by`: "activation" (mean |x_j|), "weight"
+    (mean |w_ij| over the output rows of column j) or "random". At least one channel."""
+    if by not in CRITERIA:
+        raise ValueError(f"by must be one of {CRITERIA}, got {by!r}.")
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must lie in (0, 1), e.g. 0.01 for 1% of the channels; got {fraction!r}.")
+    d = weight.shape[1]
+    k = max(1, round(fraction * d))
+    if by == "random":
+        return torch.randperm(d, generator=generator)[:k].to(weight.device)
+    score = act_mean if by == "activation" else weight.detach().abs().float().mean(dim=0)
+    return score.topk(k).indices
+
+
+@torch.no_grad()
+def keep_salient(model: nn.Module, stats: dict, bits: int, *, fraction: float = 0.01, by: str = "activation",
+                 group_size: int | None = 128, symmetric: bool = False, seed: int = 0) -> int:
+    """Round every layer in `stats` to `bits` (RTN, per group), except the top `fraction` of its input
+    channels by `by`, whose weight columns stay in float (the paper's mixed-precision experiment).
+    In place; returns the number of columns kept."""
+    gen = torch.Generator().manual_seed(seed)
+    kept = 0
+    for name, st in stats.items():
+        w = model.get_submodule(name).weight
+        cols = salient_columns(w, st["mean"], fraction, by, gen)
+        original = w[:, cols].clone()
+        w.copy_(fake_quantize(w, bits, symmetric=symmetric, granularity="group" if group_size else "channel",
+                              group_size=group_size))
+        w[:, cols] = original
+        kept += cols.numel()
+    return kept
+
+
+@torch.no_grad()
+def scaling_rows(W: torch.Tensor, x: torch.Tensor, channel: int, scales=(1.0, 1.5, 2.0, 4.0, 8.0), *,
+                 bits: int = 4, group_size: int = 128, symmetric: bool = False) -> list[dict]:
+    """Multiply input column `channel` of W by s (and its input by 1/s), quantize, and measure:
+    the step of the channel's group relative to s = 1 ("step"), the channel's own output error
+    ||(Q(w s)/s - w) x_j|| relative to s = 1 ("channel error"), and the whole output MSE ("output MSE").
+    The paper's argument: the channel's error shrinks by about 1/s while the step barely moves, until
+    the scaled column becomes the group's largest weight and the step starts to grow with s."""
+    W = W.detach().float()
+    x = x.detach().float()
+    g = group_size
+    grp = slice(channel // g * g, channel // g * g + g)
+    ref = x @ W.T
+    rows, base = [], None
+    for s in scales:
+        scale = torch.ones(W.shape[1], device=W.device)
+        scale[channel] = s
+        qt = quantize(W * scale, bits, symmetric=symmetric, granularity="group", group_size=g)
+        q = fake_quantize(W * scale, bits, symmetric=symmetric, granularity="group", group_size=g) / scale
+        step = qt.scale[:, channel // g].mean().item()
+        ch_err = (x[:, channel:channel + 1] * (q[:, channel] - W[:, channel])).pow(2).mean().sqrt().item()
+        out_mse = (x @ q.T - ref).pow(2).mean().item()
+        if base is None:
+            base = (step, ch_err)
+        is_max = (W * scale)[:, grp].abs().argmax(dim=1) == channel - grp.start
+        rows.append({"s": s, "step": step / base[0], "channel error": ch_err / base[1], "output MSE": out_mse,
+                     "rows where it sets the step": is_max.float().mean().item()})
+    return rows
