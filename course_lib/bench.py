@@ -3,6 +3,7 @@
     python -m course_lib.bench roofline [--name h100_roofline]
     python -m course_lib.bench prefill-decode [--name h100_prefill_decode]
     python -m course_lib.bench gptq-time [--device cpu|cuda] [--tools ...] [--bits 4 3] [--threads 2]
+    python -m course_lib.bench awq-time [--device cpu|cuda] [--tools ...] [--bits 4] [--threads 2]
 
 Timing follows the usual GPU rules: warm-up first, CUDA events around many repetitions, the
 median reported, and enough distinct weight matrices in rotation that the 50 MB L2 cache of an
@@ -245,6 +246,45 @@ def record_roofline(name: str | None = None) -> None:
 
 
 GPTQ_TOOLS = ("course_lib", "course_lib-one-pass", "course_lib-one-pass-static", "llmcompressor", "gptqmodel")
+AWQ_TOOLS = ("course_lib", "llmcompressor", "gptqmodel")
+TIME_TOOLS = {"gptq": GPTQ_TOOLS, "awq": AWQ_TOOLS}
+
+
+def _tool_time_rows(run_once, tools, bits, *, device: str, repeats: int, group_size: int, tokenizer) -> list[dict]:
+    """For each bits and tool: run_once(tool, bits, out_dir) -> (seconds, saved, model) `repeats` times; the median
+    time, the FAST perplexity of the last model (on CPU) and whether CUDA memory was used."""
+    import tempfile
+
+    import torch
+
+    from .perplexity import perplexity
+
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive int, got {repeats!r}.")
+    cuda = torch.cuda.is_available()
+    rows = []
+    for b in bits:
+        for tool in tools:
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+            times = []
+            for _ in range(repeats):
+                with tempfile.TemporaryDirectory(prefix="quant_time_") as out:
+                    seconds, saved, model = run_once(tool, b, out)
+                    times.append(seconds)
+            rows.append({"tool": tool, "bits": b, "group_size": group_size, "seconds": statistics.median(times),
+                         "seconds_all": times, "saved": saved, "ppl_fast": perplexity(model, tokenizer).ppl,
+                         "device": device if tool.startswith("course_lib") else "library's choice",
+                         "used_cuda": bool(cuda and torch.cuda.max_memory_allocated() > 0)})
+            print({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
+    return rows
+
+
+def _check_tools(method: str, tools) -> None:
+    unknown = sorted(set(tools) - set(TIME_TOOLS[method]))
+    if unknown:
+        raise ValueError(f"unknown tools {unknown}; choose from {', '.join(TIME_TOOLS[method])}.")
 
 
 def gptq_time_rows(device: str = "cpu", bits=(4, 3), tools=GPTQ_TOOLS, *, repeats: int = 1, n_samples: int = 128,
@@ -259,21 +299,13 @@ def gptq_time_rows(device: str = "cpu", bits=(4, 3), tools=GPTQ_TOOLS, *, repeat
     (static_groups), as llm-compressor 0.14 does: llm-compressor's settings. The libraries choose their
     device themselves; `used_cuda` says whether they allocated on it. course_lib packs 2/4/8 bits
     only: at 3 bits its time has no save step (`saved` is False)."""
-    import tempfile
-
     import torch
 
     from .gptq import PACK_BITS, gptq_quantize_model, save_gptq_checkpoint
     from .models import BUNDLED_DIR, load_model, load_tokenizer
-    from .perplexity import perplexity
     from .tokens import calibration_batches
 
-    unknown = sorted(set(tools) - set(GPTQ_TOOLS))
-    if unknown:
-        raise ValueError(f"unknown tools {unknown}; choose from {', '.join(GPTQ_TOOLS)}.")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be a positive int, got {repeats!r}.")
-    cuda = torch.cuda.is_available()
+    _check_tools("gptq", tools)
     if device == "cuda":
         require_cuda("The GPTQ timing on cuda")
     tokenizer = load_tokenizer()
@@ -298,40 +330,76 @@ def gptq_time_rows(device: str = "cpu", bits=(4, 3), tools=GPTQ_TOOLS, *, repeat
         seconds = quantize(BUNDLED_DIR, out, calib, bits=b, group_size=group_size, dtype=torch.float32).seconds
         return seconds, True, gptq_tools.load_quantized(out)
 
-    rows = []
-    for b in bits:
-        for tool in tools:
-            if cuda:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            times = []
-            for _ in range(repeats):
-                with tempfile.TemporaryDirectory(prefix="gptq_time_") as out:
-                    seconds, saved, model = run_once(tool, b, out)
-                    times.append(seconds)
-            rows.append({"tool": tool, "bits": b, "group_size": group_size, "seconds": statistics.median(times),
-                         "seconds_all": times, "saved": saved, "ppl_fast": perplexity(model, tokenizer).ppl,
-                         "device": device if tool.startswith("course_lib") else "library's choice",
-                         "used_cuda": bool(cuda and torch.cuda.max_memory_allocated() > 0)})
-            print({k: round(v, 3) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
-    return rows
+    return _tool_time_rows(run_once, tools, bits, device=device, repeats=repeats, group_size=group_size,
+                           tokenizer=tokenizer)
 
 
-def record_gptq_time(device: str = "cpu", bits=(4, 3), tools=GPTQ_TOOLS, threads: int | None = None,
-                     repeats: int = 1, name: str | None = None) -> None:
+def awq_time_rows(device: str = "cpu", bits=(4,), tools=AWQ_TOOLS, *, repeats: int = 1, n_samples: int = 128,
+                  seq_len: int = 256, group_size: int = 128) -> list[dict]:
+    """The same AWQ job (the bundled model in float32, n_samples x seq_len calibration tokens, group_size,
+    zero point, scale search then clipping search) with course_lib.awq, llm-compressor's AWQModifier and
+    GPTQModel's AWQ: median wall time of load + quantize + save, then FAST perplexity on CPU after
+    reloading (course_lib: the AWQ checkpoint it wrote, reloaded by transformers). AWQ checkpoints are
+    4-bit; course_lib at other widths is timed without the save (`saved` False) and scored in memory."""
     import torch
 
+    from .awq import awq_quantize_model
+    from .awq.export import AWQ_BITS, load_awq_checkpoint, save_awq_checkpoint
+    from .models import BUNDLED_DIR, load_model, load_tokenizer
+    from .tokens import calibration_batches
+
+    _check_tools("awq", tools)
+    if device == "cuda":
+        require_cuda("The AWQ timing on cuda")
+    tokenizer = load_tokenizer()
+    calib = calibration_batches(tokenizer, n_samples, seq_len)
+
+    def run_once(tool: str, b: int, out: str):
+        if tool == "course_lib":
+            start = time.perf_counter()
+            model, _ = load_model(device=device, dtype=torch.float32)
+            report = awq_quantize_model(model, calib.to(device), b, group_size=group_size, progress=False)
+            if b != AWQ_BITS:
+                return time.perf_counter() - start, False, model.cpu()
+            save_awq_checkpoint(model, report, out, tokenizer)
+            seconds = time.perf_counter() - start
+            return seconds, True, load_awq_checkpoint(out, dtype=torch.float32)
+        from . import awq_tools, gptq_tools
+
+        quantize = {"llmcompressor": awq_tools.quantize_awq_with_llmcompressor,
+                    "gptqmodel": awq_tools.quantize_awq_with_gptqmodel}[tool]
+        seconds = quantize(BUNDLED_DIR, out, calib, bits=b, group_size=group_size, dtype=torch.float32).seconds
+        return seconds, True, gptq_tools.load_quantized(out)
+
+    return _tool_time_rows(run_once, tools, bits, device=device, repeats=repeats, group_size=group_size,
+                           tokenizer=tokenizer)
+
+
+_TIME_DESCRIPTIONS = {
+    "gptq": "GPTQ of the bundled model (loaded in float32 by every tool, 128 x 256 calibration tokens, group 128, "
+            "symmetric, no act-order): median wall time of load + quantize + save, and FAST perplexity on CPU "
+            "(float model: 44.29)",
+    "awq": "AWQ of the bundled model (loaded in float32 by every tool, 128 x 256 calibration tokens, group 128, zero "
+           "point): median wall time of load + quantize + save, and FAST perplexity on CPU after reloading the "
+           "checkpoint with transformers (float model: 44.29)",
+}
+
+
+def record_quant_time(method: str = "gptq", device: str = "cpu", bits=(4, 3), tools=None, threads: int | None = None,
+                      repeats: int = 1, name: str | None = None) -> None:
+    """Run gptq_time_rows or awq_time_rows and save them as data/results/<name>.json."""
+    import torch
+
+    tools = tuple(tools or TIME_TOOLS[method])
     if threads:
         torch.set_num_threads(threads)
-    name = name or ("cpu" if device == "cpu" else device_slug()) + "_gptq_time"
-    rows = gptq_time_rows(device, bits, tools, repeats=repeats)
-    command = (f"python -m course_lib.bench gptq-time --device {device} --bits {' '.join(map(str, bits))} "
+    name = name or ("cpu" if device == "cpu" else device_slug()) + f"_{method}_time"
+    rows_fn = {"gptq": gptq_time_rows, "awq": awq_time_rows}[method]
+    rows = rows_fn(device, bits, tools, repeats=repeats)
+    command = (f"python -m course_lib.bench {method}-time --device {device} --bits {' '.join(map(str, bits))} "
                f"--tools {' '.join(tools)} --repeats {repeats}" + (f" --threads {threads}" if threads else "")
                + f" --name {name}")
-    path = save_result(name, rows, description="GPTQ of the bundled model (loaded in float32 by every tool, 128 x 256 "
-                       "calibration tokens, "
-                       "group 128, symmetric, no act-order): median wall time of load + quantize + save, and FAST "
-                       "perplexity on CPU (float model: 44.29)",
+    path = save_result(name, rows, description=_TIME_DESCRIPTIONS[method],
                        summary={"cpu_threads": torch.get_num_threads(), "repeats": repeats}, command=command)
     print(f"wrote {path}")
 
@@ -346,13 +414,15 @@ def main(argv: list[str] | None = None) -> int:
     pd.add_argument("--name", default=None, help="result file name (default: <gpu>_prefill_decode)")
     ev = sub.add_parser("model-eval", help="the bundled model: perplexities and lm-eval scores, GPU bf16 and CPU fp32")
     ev.add_argument("--name", default=None, help="result file name (default: <gpu>_course_model_eval)")
-    gt = sub.add_parser("gptq-time", help="GPTQ wall time and perplexity: course_lib vs llm-compressor vs GPTQModel")
-    gt.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where course_lib quantizes")
-    gt.add_argument("--bits", type=int, nargs="+", default=[4, 3])
-    gt.add_argument("--tools", nargs="+", default=list(GPTQ_TOOLS), choices=GPTQ_TOOLS)
-    gt.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    gt.add_argument("--repeats", type=int, default=1, help="runs per tool; the median time is recorded")
-    gt.add_argument("--name", default=None, help="result file name (default: <device>_gptq_time)")
+    for method, default_bits in (("gptq", [4, 3]), ("awq", [4])):
+        gt = sub.add_parser(f"{method}-time", help=f"{method.upper()} wall time and perplexity: course_lib vs "
+                            "llm-compressor vs GPTQModel")
+        gt.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where course_lib quantizes")
+        gt.add_argument("--bits", type=int, nargs="+", default=default_bits)
+        gt.add_argument("--tools", nargs="+", default=list(TIME_TOOLS[method]), choices=TIME_TOOLS[method])
+        gt.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+        gt.add_argument("--repeats", type=int, default=1, help="runs per tool; the median time is recorded")
+        gt.add_argument("--name", default=None, help=f"result file name (default: <device>_{method}_time)")
     args = parser.parse_args(argv)
     try:
         if args.bench == "roofline":
@@ -361,9 +431,9 @@ def main(argv: list[str] | None = None) -> int:
             record_prefill_decode(args.name)
         elif args.bench == "model-eval":
             record_model_eval(args.name)
-        elif args.bench == "gptq-time":
-            record_gptq_time(args.device, tuple(args.bits), tuple(args.tools), args.threads, args.repeats,
-                             args.name)
+        elif args.bench in ("gptq-time", "awq-time"):
+            record_quant_time(args.bench.split("-")[0], args.device, tuple(args.bits), tuple(args.tools), args.threads,
+                              args.repeats, args.name)
     except (RuntimeError, ValueError, ImportError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

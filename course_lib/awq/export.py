@@ -136,13 +136,13 @@ def load_awq_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float16,
         raise ValueError(f"No config.json in {path}; write the checkpoint with save_awq_checkpoint first.")
     if json.loads(config_file.read_text()).get("quantization_config", {}).get("quant_method") != "awq":
         raise ValueError(f"{path} has no AWQ quantization_config in config.json; write it with save_awq_checkpoint.")
-    try:
-        import gptqmodel  # noqa: F401  (transformers' AWQ quantizer needs it)
-    except ImportError as exc:
-        raise ImportError("Loading an AWQ checkpoint in transformers needs gptqmodel; install the course's "
-                          "compression extra: pip install -e .[compress]") from exc
     from ..gptq_tools import _quiet
 
-    with _quiet():  # gptqmodel's banner, kernel choice and progress bars go to a buffer
+    with _quiet():  # gptqmodel's banner (printed on import), kernel choice and progress bars go to a buffer
+        try:
+            import gptqmodel  # noqa: F401  (transformers' AWQ quantizer needs it)
+        except ImportError as exc:
+            raise ImportError("Loading an AWQ checkpoint in transformers needs gptqmodel; install the course's "
+                              "compression extra: pip install -e .[compress]") from exc
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, device_map=device_map)
     return model.eval()

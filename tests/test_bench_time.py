@@ -1,0 +1,26 @@
+"""course_lib.bench gptq-time / awq-time: argument checks (the timings themselves are recorded in data/results/)."""
+
+from __future__ import annotations
+
+import pytest
+
+from course_lib import bench
+
+
+@pytest.mark.parametrize("rows_fn, bad", [(bench.gptq_time_rows, "autogptq"), (bench.awq_time_rows, "autoawq")])
+def test_unknown_tools_are_named(rows_fn, bad):
+    with pytest.raises(ValueError, match=f"unknown tools \\['{bad}'\\]"):
+        rows_fn("cpu", (4,), ("course_lib", bad))
+
+
+def test_repeats_must_be_positive():
+    with pytest.raises(ValueError, match="repeats must be a positive int"):
+        bench._tool_time_rows(lambda *a: None, ("course_lib",), (4,), device="cpu", repeats=0, group_size=128,
+                              tokenizer=None)
+
+
+def test_cli_offers_each_method_its_own_tools(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["awq-time", "--tools", "course_lib-one-pass"])   # a GPTQ-only variant
+    assert "invalid choice" in capsys.readouterr().err
+    assert set(bench.TIME_TOOLS) == {"gptq", "awq"} and "course_lib" in bench.AWQ_TOOLS
