@@ -246,7 +246,7 @@ def record_roofline(name: str | None = None) -> None:
 
 
 GPTQ_TOOLS = ("course_lib", "course_lib-one-pass", "course_lib-one-pass-static", "llmcompressor", "gptqmodel")
-AWQ_TOOLS = ("course_lib", "llmcompressor", "gptqmodel")
+AWQ_TOOLS = ("course_lib", "course_lib-duo-noclip", "llmcompressor", "gptqmodel")
 TIME_TOOLS = {"gptq": GPTQ_TOOLS, "awq": AWQ_TOOLS}
 
 
@@ -337,10 +337,12 @@ def gptq_time_rows(device: str = "cpu", bits=(4, 3), tools=GPTQ_TOOLS, *, repeat
 def awq_time_rows(device: str = "cpu", bits=(4,), tools=AWQ_TOOLS, *, repeats: int = 1, n_samples: int = 128,
                   seq_len: int = 256, group_size: int = 128) -> list[dict]:
     """The same AWQ job (the bundled model in float32, n_samples x seq_len calibration tokens, group_size,
-    zero point, scale search then clipping search) with course_lib.awq, llm-compressor's AWQModifier and
-    GPTQModel's AWQ: median wall time of load + quantize + save, then FAST perplexity on CPU after
-    reloading (course_lib: the AWQ checkpoint it wrote, reloaded by transformers). AWQ checkpoints are
-    4-bit; course_lib at other widths is timed without the save (`saved` False) and scored in memory."""
+    zero point) with course_lib.awq (the paper's settings: x-only scales, then the clipping search;
+    "course_lib-duo-noclip": llm-compressor's, duo scaling and no clipping), llm-compressor's AWQModifier
+    (float32) and GPTQModel's AWQ (bfloat16: it can't calibrate float32 on a CPU, see awq_tools): median
+    wall time of load + quantize + save, then FAST perplexity on CPU after reloading (course_lib: the AWQ
+    checkpoint it wrote, reloaded by transformers). AWQ checkpoints are 4-bit; course_lib at other widths
+    is timed without the save (`saved` False) and scored in memory."""
     import torch
 
     from .awq import awq_quantize_model
@@ -355,10 +357,12 @@ def awq_time_rows(device: str = "cpu", bits=(4,), tools=AWQ_TOOLS, *, repeats: i
     calib = calibration_batches(tokenizer, n_samples, seq_len)
 
     def run_once(tool: str, b: int, out: str):
-        if tool == "course_lib":
+        if tool.startswith("course_lib"):
             start = time.perf_counter()
             model, _ = load_model(device=device, dtype=torch.float32)
-            report = awq_quantize_model(model, calib.to(device), b, group_size=group_size, progress=False)
+            like_llmc = tool == "course_lib-duo-noclip"  # llm-compressor's settings: duo scaling, no clipping
+            report = awq_quantize_model(model, calib.to(device), b, group_size=group_size, duo=like_llmc,
+                                        clip=not like_llmc, progress=False)
             if b != AWQ_BITS:
                 return time.perf_counter() - start, False, model.cpu()
             save_awq_checkpoint(model, report, out, tokenizer)
@@ -366,9 +370,11 @@ def awq_time_rows(device: str = "cpu", bits=(4,), tools=AWQ_TOOLS, *, repeats: i
             return seconds, True, load_awq_checkpoint(out, dtype=torch.float32)
         from . import awq_tools, gptq_tools
 
-        quantize = {"llmcompressor": awq_tools.quantize_awq_with_llmcompressor,
-                    "gptqmodel": awq_tools.quantize_awq_with_gptqmodel}[tool]
-        seconds = quantize(BUNDLED_DIR, out, calib, bits=b, group_size=group_size, dtype=torch.float32).seconds
+        if tool == "llmcompressor":
+            run = awq_tools.quantize_awq_with_llmcompressor(BUNDLED_DIR, out, calib, bits=b, group_size=group_size)
+        else:
+            run = awq_tools.quantize_awq_with_gptqmodel(BUNDLED_DIR, out, calib, bits=b, group_size=group_size)
+        seconds = run.seconds
         return seconds, True, gptq_tools.load_quantized(out)
 
     return _tool_time_rows(run_once, tools, bits, device=device, repeats=repeats, group_size=group_size,
@@ -379,7 +385,7 @@ _TIME_DESCRIPTIONS = {
     "gptq": "GPTQ of the bundled model (loaded in float32 by every tool, 128 x 256 calibration tokens, group 128, "
             "symmetric, no act-order): median wall time of load + quantize + save, and FAST perplexity on CPU "
             "(float model: 44.29)",
-    "awq": "AWQ of the bundled model (loaded in float32 by every tool, 128 x 256 calibration tokens, group 128, zero "
+    "awq": "AWQ of the bundled model (float32, GPTQModel bfloat16; 128 x 256 calibration tokens, group 128, zero "
            "point): median wall time of load + quantize + save, and FAST perplexity on CPU after reloading the "
            "checkpoint with transformers (float model: 44.29)",
 }

@@ -264,13 +264,16 @@ def _quantization_config(out_dir: Path) -> dict:
 
 
 def load_quantized(out_dir, *, device: str = "cpu", dtype=None, backend: str | None = None):
-    """Load either tool's output with plain ``AutoModelForCausalLM.from_pretrained``, in eval mode.
+    """Load a GPTQ, AWQ or compressed-tensors checkpoint with plain ``AutoModelForCausalLM.from_pretrained``.
 
     GPTQ format: needs optimum + gptqmodel; the Linear layers become gptqmodel kernels that keep
     the packed int words and dequantize inside each matmul (`backend` picks the kernel, e.g.
-    "torch"; default: gptqmodel's choice). compressed-tensors: native in transformers; it is
-    dequantized once at load (``dequantize=True``) into float nn.Linear weights, which still lie
-    on the 2^bits-level grid of each group. dtype defaults to float32 (float32 logits).
+    "torch"; default: gptqmodel's choice). AWQ GEMM format (GPTQModel's or AutoAWQ's): the same
+    with gptqmodel's AWQ kernels (`backend` e.g. "torch_awq"). compressed-tensors: native in
+    transformers; it is dequantized once at load (``dequantize=True``) into float nn.Linear weights,
+    which still lie on the 2^bits-level grid of each group; a scheme with input activations (W8A8)
+    keeps rounding each Linear's input in its forward. dtype defaults to float32 (float32 logits).
+    The model is returned in eval mode.
     """
     import torch
 
@@ -297,6 +300,17 @@ def load_quantized(out_dir, *, device: str = "cpu", dtype=None, backend: str | N
             # The "torch" kernel torch.compiles its dequantize once per layer; clear dynamo's
             # cache so that loading several models does not run into its recompile limit.
             torch._dynamo.reset()
+        elif method == "awq":
+            _require("gptqmodel", "gptqmodel")
+            from transformers import AwqConfig
+
+            # Same limit as above: the automatic CPU kernels call _weight_int4pack_mm_cpu.
+            if backend is None and str(device).startswith("cpu") and qc.get("group_size") not in (32, 64, 128):
+                backend = "torch_awq"
+            if backend is not None:
+                kwargs["quantization_config"] = AwqConfig(bits=qc["bits"], group_size=qc["group_size"],
+                                                          backend=backend)
+            torch._dynamo.reset()  # its CPU kernels torch.compile too (see above)
         elif method == "compressed-tensors":
             _require("compressed_tensors", "compressed-tensors")
             from transformers import CompressedTensorsConfig
@@ -305,22 +319,35 @@ def load_quantized(out_dir, *, device: str = "cpu", dtype=None, backend: str | N
                 raise ValueError("backend applies to GPTQ-format checkpoints only; compressed-tensors loads natively.")
             kwargs["quantization_config"] = CompressedTensorsConfig(dequantize=True)
         else:
-            raise ValueError(f"{out_dir}: quant_method {method!r} is neither 'gptq' nor 'compressed-tensors'.")
+            raise ValueError(f"{out_dir}: quant_method {method!r} is none of 'gptq', 'awq', 'compressed-tensors'.")
         model = AutoModelForCausalLM.from_pretrained(str(out_dir), dtype=dtype or torch.float32,
                                                      device_map=device, **kwargs)
     return model.eval()
 
 
 def checkpoint_summary(out_dir) -> dict:
-    """What the checkpoint stores: method, bits, group size, act-order and its tensors by dtype."""
+    """What the checkpoint stores: method, format, bits, group size (-1: one per output channel),
+    symmetry, act-order, quantized input activations (e.g. "int8 token dynamic", or None) and its
+    tensors by dtype."""
     from safetensors import safe_open
 
     out_dir = Path(out_dir)
     qc = _quantization_config(out_dir)
+    activations = None
     if qc.get("quant_method") == "compressed-tensors":
-        weights = next(iter(qc["config_groups"].values()))["weights"]
+        group_config = next(iter(qc["config_groups"].values()))
+        weights, inputs = group_config["weights"], group_config.get("input_activations")
         bits, group, sym, order = weights["num_bits"], weights["group_size"], weights["symmetric"], weights["actorder"]
+        if weights.get("strategy") == "channel":
+            group = -1
         fmt_name = qc.get("format")
+        if inputs:
+            activations = f"{inputs['type']}{inputs['num_bits']} {inputs['strategy']} " \
+                          f"{'dynamic' if inputs['dynamic'] else 'static'}"
+    elif qc.get("quant_method") == "awq":  # GPTQModel's and AutoAWQ's keys
+        bits, group, order = qc["bits"], qc["group_size"], qc.get("desc_act", False)
+        sym = not qc.get("zero_point", True)
+        fmt_name = qc.get("version") or qc.get("format")
     else:
         bits, group, sym, order = qc["bits"], qc["group_size"], qc.get("sym"), qc.get("desc_act")
         fmt_name = qc.get("checkpoint_format") or qc.get("format")
@@ -333,7 +360,7 @@ def checkpoint_summary(out_dir) -> dict:
                 tensors.setdefault(suffix, {}).setdefault(dtype, 0)
                 tensors[suffix][dtype] += 1
     return dict(method=qc["quant_method"], format=fmt_name, bits=bits, group_size=group, sym=sym,
-                act_order=order, tensors=tensors)
+                act_order=order, activations=activations, tensors=tensors)
 
 
 def dir_size_bytes(path) -> int:

@@ -269,7 +269,7 @@ def quantize_grid(model, tokenizer, calibration: torch.Tensor, configs, *, proto
                   keep: dict | None = None) -> list[dict]:
     """Score each config on a fresh copy of `model`. A config: {"method": "FP" | "RTN" | "GPTQ" | "AWQ", "bits",
     "group_size" (None = per-channel), "act_order", "symmetric" (default True; AWQ's default is False),
-    "clip" (AWQ only, default True), "lm_eval" (default True)}. Rows: the config, perplexity,
+    "clip" and "duo" (AWQ only, default True and False), "lm_eval" (default True)}. Rows: the config, perplexity,
     quantization seconds, and with lm_eval=True the lm-eval metrics (lm_eval_tasks.evaluate) on the first
     lm_eval_limit items of each task (None: all of them).
     keep: a dict that receives {row index: (quantized model, GPTQReport or RTNReport or None)}."""
@@ -297,7 +297,7 @@ def quantize_grid(model, tokenizer, calibration: torch.Tensor, configs, *, proto
             from ..awq import awq_quantize_model
 
             report = awq_quantize_model(m, calibration.to(device), bits, group_size=g, symmetric=sym,
-                                        clip=cfg.get("clip", True), progress=False)
+                                        clip=cfg.get("clip", True), duo=cfg.get("duo", False), progress=False)
         seconds = time.perf_counter() - t
         row = {"method": method, "bits": bits or 32, "group": f"g{g}" if g else ("channel" if bits else "-"),
                "act-order": ("on" if ao else "off") if method == "GPTQ" else "-",
