@@ -281,10 +281,18 @@ def _tool_time_rows(run_once, tools, bits, *, device: str, repeats: int, group_s
     return rows
 
 
-def _check_tools(method: str, tools) -> None:
+def _time_setup(method: str, tools, device: str, n_samples: int, seq_len: int):
+    """Check the tools and the device; return (tokenizer, calibration windows) for a timing run."""
+    from .models import load_tokenizer
+    from .tokens import calibration_batches
+
     unknown = sorted(set(tools) - set(TIME_TOOLS[method]))
     if unknown:
         raise ValueError(f"unknown tools {unknown}; choose from {', '.join(TIME_TOOLS[method])}.")
+    if device == "cuda":
+        require_cuda(f"The {method.upper()} timing on cuda")
+    tokenizer = load_tokenizer()
+    return tokenizer, calibration_batches(tokenizer, n_samples, seq_len)
 
 
 def gptq_time_rows(device: str = "cpu", bits=(4, 3), tools=GPTQ_TOOLS, *, repeats: int = 1, n_samples: int = 128,
@@ -302,14 +310,9 @@ def gptq_time_rows(device: str = "cpu", bits=(4, 3), tools=GPTQ_TOOLS, *, repeat
     import torch
 
     from .gptq import PACK_BITS, gptq_quantize_model, save_gptq_checkpoint
-    from .models import BUNDLED_DIR, load_model, load_tokenizer
-    from .tokens import calibration_batches
+    from .models import BUNDLED_DIR, load_model
 
-    _check_tools("gptq", tools)
-    if device == "cuda":
-        require_cuda("The GPTQ timing on cuda")
-    tokenizer = load_tokenizer()
-    calib = calibration_batches(tokenizer, n_samples, seq_len)
+    tokenizer, calib = _time_setup("gptq", tools, device, n_samples, seq_len)
 
     def run_once(tool: str, b: int, out: str):
         """(seconds, saved, quantized model on CPU)."""
@@ -347,14 +350,9 @@ def awq_time_rows(device: str = "cpu", bits=(4,), tools=AWQ_TOOLS, *, repeats: i
 
     from .awq import awq_quantize_model
     from .awq.export import AWQ_BITS, load_awq_checkpoint, save_awq_checkpoint
-    from .models import BUNDLED_DIR, load_model, load_tokenizer
-    from .tokens import calibration_batches
+    from .models import BUNDLED_DIR, load_model
 
-    _check_tools("awq", tools)
-    if device == "cuda":
-        require_cuda("The AWQ timing on cuda")
-    tokenizer = load_tokenizer()
-    calib = calibration_batches(tokenizer, n_samples, seq_len)
+    tokenizer, calib = _time_setup("awq", tools, device, n_samples, seq_len)
 
     def run_once(tool: str, b: int, out: str):
         if tool.startswith("course_lib"):

@@ -16,35 +16,9 @@ import pytest
 import torch
 
 from course_lib import gptq_tools
-from course_lib.models import BUNDLED_DIR, load_model, load_tokenizer
+from course_lib.models import BUNDLED_DIR
 from course_lib.perplexity import perplexity
-from course_lib.tokens import calibration_batches
-
-N_LAYERS = 8 * 7  # 8 decoder layers x (q, k, v, o, gate, up, down); lm_head stays float
-
-
-@pytest.fixture(autouse=True, scope="module")
-def two_torch_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def calibration(tokenizer):
-    return calibration_batches(tokenizer, 16, 128)
-
-
-@pytest.fixture(scope="module")
-def float_ppl(tokenizer):
-    model, _ = load_model()
-    return perplexity(model, tokenizer).ppl
+from tool_fixtures import N_LAYERS, calibration, float_ppl, tokenizer, two_torch_threads  # noqa: F401
 
 
 def _skip_unless_installed(*modules):

@@ -24,13 +24,13 @@ format and the kernels that read it are 4-bit.
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from ..gptq.export import float_tensors, write_checkpoint
 from ..quant.affine import QTensor, dequantize
 from .model import AWQReport
 
@@ -85,8 +85,6 @@ def quantization_config(report: AWQReport) -> dict:
 def save_awq_checkpoint(model: nn.Module, report: AWQReport, out_dir: str | Path, tokenizer=None) -> Path:
     """Write `model` (quantized by awq_quantize_model, which produced `report`) to `out_dir` in the AWQ
     GEMM format; returns the directory. Needs bits=4."""
-    from safetensors.torch import save_file
-
     if not isinstance(report, AWQReport) or not report.codes:
         raise TypeError("save_awq_checkpoint needs the AWQReport returned by awq_quantize_model(model, ...).")
     if report.bits != AWQ_BITS:
@@ -98,31 +96,14 @@ def save_awq_checkpoint(model: nn.Module, report: AWQReport, out_dir: str | Path
                          f"report covers {len(report.codes)} of {len(quantized)} (was skip= changed?).")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tensors: dict[str, torch.Tensor] = {}
-    seen_storage: set[int] = set()
-    for key, t in model.state_dict().items():
-        if key.endswith(".weight") and key[: -len(".weight")] in report.codes:
-            continue
-        ptr = t.untyped_storage().data_ptr()
-        if ptr in seen_storage:  # tied weights (lm_head = embed_tokens): saved once, transformers re-ties
-            continue
-        seen_storage.add(ptr)
-        tensors[key] = t.detach().to("cpu").contiguous()
+    tensors = float_tensors(model, set(report.codes))
     for name, qt in report.codes.items():
         if not torch.equal(dequantize(qt), model.get_submodule(name).weight):
             raise ValueError(f"{name}: the model's weight is not the AWQ result in the report (was the model changed "
                              "after quantization?); export right after awq_quantize_model.")
         for buf, t in awq_tensors(qt).items():
             tensors[f"{name}.{buf}"] = t.to("cpu")
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-
-    config = copy.deepcopy(model.config)
-    config.quantization_config = quantization_config(report)
-    config.save_pretrained(out)
-    if getattr(model, "generation_config", None) is not None:
-        model.generation_config.save_pretrained(out)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
+    write_checkpoint(model, tensors, quantization_config(report), out, tokenizer)
     return out
 
 

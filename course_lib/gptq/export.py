@@ -65,8 +65,6 @@ def _modules_in_block(model: nn.Module, report: GPTQReport) -> list[list[str]]:
 def save_gptq_checkpoint(model: nn.Module, report: GPTQReport, out_dir: str | Path, tokenizer=None) -> Path:
     """Write `model` (quantized by gptq_quantize_model, which produced `report`) to `out_dir` in the GPTQ
     ("gptq" v1) checkpoint format; returns the directory. Needs bits in (2, 4, 8)."""
-    from safetensors.torch import save_file
-
     if not isinstance(report, GPTQReport) or not report.results:
         raise TypeError("save_gptq_checkpoint needs the GPTQReport returned by gptq_quantize_model(model, ...).")
     if report.bits not in PACK_BITS:
@@ -76,16 +74,7 @@ def save_gptq_checkpoint(model: nn.Module, report: GPTQReport, out_dir: str | Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    tensors: dict[str, torch.Tensor] = {}
-    seen_storage: set[int] = set()
-    for key, t in model.state_dict().items():
-        if key.endswith(".weight") and key[: -len(".weight")] in report.results:
-            continue
-        ptr = t.untyped_storage().data_ptr()
-        if ptr in seen_storage:  # tied weights (e.g. lm_head = embed_tokens): save once, transformers re-ties
-            continue
-        seen_storage.add(ptr)
-        tensors[key] = t.detach().to("cpu").contiguous()
+    tensors = float_tensors(model, set(report.results))
     for name, result in report.results.items():
         layer = model.get_submodule(name)
         q = QuantLinear.from_result(layer, result)
@@ -95,16 +84,39 @@ def save_gptq_checkpoint(model: nn.Module, report: GPTQReport, out_dir: str | Pa
                              f"gptq_quantize_model(..., scale_dtype=torch.float16).")
         for buf in ("qweight", "qzeros", "scales", "g_idx"):
             tensors[f"{name}.{buf}"] = getattr(q, buf).to("cpu").contiguous()
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    write_checkpoint(model, tensors, quantization_config(report, modules_in_block), out, tokenizer)
+    return out
 
+
+def float_tensors(model: nn.Module, quantized: set[str]) -> dict[str, torch.Tensor]:
+    """Every tensor of the state dict on CPU, except the ``weight`` of the layers named in `quantized`;
+    tied tensors (e.g. lm_head = embed_tokens) once: transformers re-ties them at load."""
+    tensors: dict[str, torch.Tensor] = {}
+    seen_storage: set[int] = set()
+    for key, t in model.state_dict().items():
+        if key.endswith(".weight") and key[: -len(".weight")] in quantized:
+            continue
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen_storage:
+            continue
+        seen_storage.add(ptr)
+        tensors[key] = t.detach().to("cpu").contiguous()
+    return tensors
+
+
+def write_checkpoint(model: nn.Module, tensors: dict[str, torch.Tensor], qconfig: dict, out: Path, tokenizer=None):
+    """model.safetensors from `tensors`, config.json with `qconfig` as its quantization_config, the
+    generation config and (if given) the tokenizer files."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     config = copy.deepcopy(model.config)
-    config.quantization_config = quantization_config(report, modules_in_block)
+    config.quantization_config = qconfig
     config.save_pretrained(out)
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
-    return out
 
 
 def load_gptq_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float32, device_map: str = "cpu",
