@@ -49,26 +49,11 @@ def _norm_groups(model: nn.Module):
 def activation_absmax(model: nn.Module, calibration: torch.Tensor, batch_size: int = 16) -> dict[str, torch.Tensor]:
     """max over calibration tokens of |x_j|, per input channel j, for the input of each norm -> layers group.
     Keys: "<block path>.<norm name>", e.g. "model.layers.0.input_layernorm"."""
-    from .gptq.model import check_calibration
+    from .awq.teach import channel_stats
 
-    check_calibration(model, calibration)
-    out: dict[str, torch.Tensor] = {}
-    handles = []
-    for path, block, groups in _norm_groups(model):
-        for g in groups:
-            key = f"{path}.{g.prev}"
-
-            def hook(module, args, key=key):
-                m = args[0].detach().abs().reshape(-1, args[0].shape[-1]).float().amax(dim=0)
-                out[key] = m if key not in out else torch.maximum(out[key], m)
-            handles.append(block.get_submodule(g.layers[0]).register_forward_pre_hook(hook))
-    try:
-        for i in range(0, calibration.shape[0], batch_size):
-            model(input_ids=calibration[i:i + batch_size], use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
-    return out
+    readers = {f"{path}.{g.prev}": f"{path}.{g.layers[0]}" for path, _, groups in _norm_groups(model) for g in groups}
+    stats = channel_stats(model, calibration, list(readers.values()), batch_size)  # one layer reading each norm
+    return {key: stats[name]["max"] for key, name in readers.items()}
 
 
 def smooth_scales(act_absmax: torch.Tensor, weight_absmax: torch.Tensor, alpha: float) -> torch.Tensor:

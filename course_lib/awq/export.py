@@ -109,7 +109,7 @@ def save_awq_checkpoint(model: nn.Module, report: AWQReport, out_dir: str | Path
 
 def load_awq_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float16, device_map: str = "cpu"):
     """Load an AWQ checkpoint with transformers (gptqmodel provides the AWQ layers), in eval mode."""
-    from transformers import AutoModelForCausalLM
+    from ..gptq_tools import load_quantized
 
     path = Path(path)
     config_file = path / "config.json"
@@ -117,13 +117,4 @@ def load_awq_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float16,
         raise ValueError(f"No config.json in {path}; write the checkpoint with save_awq_checkpoint first.")
     if json.loads(config_file.read_text()).get("quantization_config", {}).get("quant_method") != "awq":
         raise ValueError(f"{path} has no AWQ quantization_config in config.json; write it with save_awq_checkpoint.")
-    from ..gptq_tools import _quiet
-
-    with _quiet():  # gptqmodel's banner (printed on import), kernel choice and progress bars go to a buffer
-        try:
-            import gptqmodel  # noqa: F401  (transformers' AWQ quantizer needs it)
-        except ImportError as exc:
-            raise ImportError("Loading an AWQ checkpoint in transformers needs gptqmodel; install the course's "
-                              "compression extra: pip install -e .[compress]") from exc
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, device_map=device_map)
-    return model.eval()
+    return load_quantized(path, device=device_map, dtype=dtype)

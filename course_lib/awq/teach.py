@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..gptq.model import find_blocks
-from ..quant.affine import fake_quantize, quantize
+from ..quant.affine import dequantize, fake_quantize, quantize
 
 CRITERIA = ("activation", "weight", "random")
 
@@ -108,7 +108,7 @@ def scaling_rows(W: torch.Tensor, x: torch.Tensor, channel: int, scales=(1.0, 1.
         scale = torch.ones(W.shape[1], device=W.device)
         scale[channel] = s
         qt = quantize(W * scale, bits, symmetric=symmetric, granularity="group", group_size=g)
-        q = fake_quantize(W * scale, bits, symmetric=symmetric, granularity="group", group_size=g) / scale
+        q = dequantize(qt) / scale
         step = qt.scale[:, channel // g].mean().item()
         ch_err = (x[:, channel:channel + 1] * (q[:, channel] - W[:, channel])).pow(2).mean().sqrt().item()
         out_mse = (x @ q.T - ref).pow(2).mean().item()
