@@ -4,6 +4,7 @@
     python -m course_lib.bench prefill-decode [--name h100_prefill_decode]
     python -m course_lib.bench gptq-time [--device cpu|cuda] [--tools ...] [--bits 4 3] [--threads 2]
     python -m course_lib.bench awq-time [--device cpu|cuda] [--tools ...] [--bits 4] [--threads 2]
+    python -m course_lib.bench kv-decode [--device cpu|cuda] [--threads 2] [--name ...]
 
 Timing follows the usual GPU rules: warm-up first, CUDA events around many repetitions, the
 median reported, and enough distinct weight matrices in rotation that the 50 MB L2 cache of an
@@ -427,6 +428,12 @@ def main(argv: list[str] | None = None) -> int:
         gt.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
         gt.add_argument("--repeats", type=int, default=1, help="runs per tool; the median time is recorded")
         gt.add_argument("--name", default=None, help=f"result file name (default: <device>_{method}_time)")
+    kv = sub.add_parser("kv-decode", help="time per decode step against position, with/without the KV cache")
+    kv.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
+    kv.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    kv.add_argument("--model", default="course-model", choices=["course-model", "llama-1b-shape"],
+                    help="the bundled model, or random weights in Llama-3.2-1B's shapes (GPU only)")
+    kv.add_argument("--name", default=None, help="result file name (default: <device>_kv_decode)")
     args = parser.parse_args(argv)
     try:
         if args.bench == "roofline":
@@ -435,6 +442,10 @@ def main(argv: list[str] | None = None) -> int:
             record_prefill_decode(args.name)
         elif args.bench == "model-eval":
             record_model_eval(args.name)
+        elif args.bench == "kv-decode":
+            from .kv.bench import record_kv_decode
+
+            record_kv_decode(args.name, device=args.device, threads=args.threads, model=args.model)
         elif args.bench in ("gptq-time", "awq-time"):
             record_quant_time(args.bench.split("-")[0], args.device, tuple(args.bits), tuple(args.tools), args.threads,
                               args.repeats, args.name)

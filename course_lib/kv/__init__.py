@@ -1,0 +1,14 @@
+"""The KV cache, built from scratch (chapter 09).
+
+Modules, one idea each:
+
+* ``attention``  RoPE, the causal mask aligned bottom-right, GQA's head mapping, and the seed's
+                 ``AttentionWithKVCache`` rewritten correctly;
+* ``decoder``    a from-scratch Llama-style decoder that runs on a transformers model's weights
+                 with the course's own cache, and the generation loop;
+* ``gqa``        converting a model's attention to fewer KV heads by mean-pooling;
+* ``quant``      FP8, INT8 and KIVI-style 2/4-bit cache quantization with byte accounting;
+* ``sizes``      the cache-size formula applied to published model configurations;
+* ``paged``      a paged cache: blocks, block tables, slot mapping, reference counts, copy-on-write;
+* ``serving_sim`` contiguous preallocation against paging on a realistic mix of requests.
+"""

@@ -1,0 +1,84 @@
+"""Notebook helpers for chapter 09: comparison tables and plots built on the kv modules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .quant import KVQuant, simulate
+
+
+@torch.no_grad()
+def quality_rows(decoder, input_ids: torch.Tensor, schemes: list[KVQuant], *, head_dim: int | None = None,
+                 n_tokens: int = 512) -> list[dict]:
+    """One row per scheme: stored bits per cached number, and the damage against the float cache.
+
+    KL = mean over positions of KL(p_float || p_quant) in nats; Δ nll = change of the mean next-token
+    loss (log of the perplexity ratio); top-1 = how often the argmax token is unchanged.
+    Bits are counted at `n_tokens` cached tokens (KIVI's full-precision window included).
+    """
+    head_dim = head_dim or decoder.blocks[0].attn.head_dim
+    base = torch.log_softmax(decoder(input_ids).logits.float(), -1)
+    target = input_ids[:, 1:, None]
+    base_nll = -base[:, :-1].gather(-1, target).mean().item()
+    rows = []
+    for scheme in schemes:
+        lq = torch.log_softmax(decoder(input_ids, kv_hook=simulate(scheme)).logits.float(), -1)
+        bits = scheme.cache_bytes(n_tokens, n_layers=1, n_kv_heads=1, head_dim=head_dim) * 8 / (2 * n_tokens * head_dim)
+        rows.append({"cache": scheme.label, "bits/number": bits,
+                     "KL (nats)": (base.exp() * (base - lq)).sum(-1).mean().item(),
+                     "Δ nll": -lq[:, :-1].gather(-1, target).mean().item() - base_nll,
+                     "top-1 same": (base.argmax(-1) == lq.argmax(-1)).float().mean().item()})
+    return rows
+
+
+def decode_time_plot(rows: list[dict], title: str, ax=None):
+    """Milliseconds per decode step against the position written, one line per mode."""
+    from ..plotting import new_axes
+
+    if ax is None:
+        _, ax = new_axes()
+    for mode in sorted({r["mode"] for r in rows}):
+        sel = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["position"])
+        ax.plot([r["position"] for r in sel], [r["ms"] for r in sel], marker=".", label=mode)
+    ax.set(xlabel="position of the token being generated", ylabel="ms per step", title=title)
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    return ax
+
+
+def serving_plot(results: dict, labels: dict, ax_pair=None):
+    """Left: running sequences per step; right: KV slots holding tokens / slots held, per policy."""
+    from ..plotting import new_axes
+
+    if ax_pair is None:
+        _, ax_pair = new_axes(ncols=2)
+    left, right = ax_pair
+    for policy, r in results.items():
+        h = r.history
+        left.plot(h["batch"], label=labels[policy])
+        held = h["held"].astype(float)
+        right.plot(h["stored"] / held.clip(min=1), label=labels[policy])
+    left.set(xlabel="step", ylabel="sequences running", title="concurrency")
+    right.set(xlabel="step", ylabel="token slots / slots held", title="memory holding real tokens", ylim=(0, 1.05))
+    left.legend()
+    return ax_pair
+
+
+def flops_rows(config, positions: list[int]) -> list[dict]:
+    """FLOPs of one decode step with and without the cache at several positions."""
+    from .generate import step_flops
+
+    rows = []
+    for n in positions:
+        with_cache, without = step_flops(config, n - 1, use_cache=True), step_flops(config, n - 1, use_cache=False)
+        rows.append({"position": n, "GFLOP with cache": with_cache / 1e9, "GFLOP without": without / 1e9,
+                     "without / with": without / with_cache})
+    return rows
+
+
+def pretty_bytes(n: float) -> str:
+    units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    i = min(int(math.log(max(n, 1), 1024)), len(units) - 1)
+    return f"{n / 1024**i:.4g} {units[i]}"
