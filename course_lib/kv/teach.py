@@ -14,23 +14,41 @@ def quality_rows(decoder, input_ids: torch.Tensor, schemes: list[KVQuant], *, he
                  n_tokens: int = 512) -> list[dict]:
     """One row per scheme: stored bits per cached number, and the damage against the float cache.
 
-    KL = mean over positions of KL(p_float || p_quant) in nats; Δ nll = change of the mean next-token
-    loss (log of the perplexity ratio); top-1 = how often the argmax token is unchanged.
+    KL = mean over positions of KL(p_float || p_quant) in nats; perplexity on `input_ids`; Δ nll =
+    change of the mean next-token loss (log of the perplexity ratio); top-1 = how often the argmax
+    token is unchanged. The first row is the float cache itself.
     Bits are counted at `n_tokens` cached tokens (KIVI's full-precision window included).
     """
     head_dim = head_dim or decoder.blocks[0].attn.head_dim
     base = torch.log_softmax(decoder(input_ids).logits.float(), -1)
     target = input_ids[:, 1:, None]
     base_nll = -base[:, :-1].gather(-1, target).mean().item()
-    rows = []
+    rows = [{"cache": "float (no quantization)", "bits/number": 8.0 * decoder.lm_head.weight.element_size(),
+             "KL (nats)": 0.0, "perplexity": math.exp(base_nll), "Δ nll": 0.0, "top-1 same": 1.0}]
     for scheme in schemes:
         lq = torch.log_softmax(decoder(input_ids, kv_hook=simulate(scheme)).logits.float(), -1)
         bits = scheme.cache_bytes(n_tokens, n_layers=1, n_kv_heads=1, head_dim=head_dim) * 8 / (2 * n_tokens * head_dim)
+        nll = -lq[:, :-1].gather(-1, target).mean().item()
         rows.append({"cache": scheme.label, "bits/number": bits,
                      "KL (nats)": (base.exp() * (base - lq)).sum(-1).mean().item(),
-                     "Δ nll": -lq[:, :-1].gather(-1, target).mean().item() - base_nll,
+                     "perplexity": math.exp(nll), "Δ nll": nll - base_nll,
                      "top-1 same": (base.argmax(-1) == lq.argmax(-1)).float().mean().item()})
     return rows
+
+
+def quality_plot(rows: list[dict], ax=None):
+    """Bits stored per cached number against the KL to the float cache (log scale), one point per scheme."""
+    from ..plotting import new_axes
+
+    if ax is None:
+        _, ax = new_axes()
+    for r in rows:
+        if r["KL (nats)"] > 0:
+            ax.scatter(r["bits/number"], r["KL (nats)"])
+            ax.annotate(r["cache"].replace(", no fp window", " -w"), (r["bits/number"], r["KL (nats)"]), fontsize=7)
+    ax.set(xlabel="bits per cached number", ylabel="KL to the float cache (nats)", yscale="log",
+           title="cache memory against damage")
+    return ax
 
 
 def decode_time_plot(rows: list[dict], title: str, ax=None):
