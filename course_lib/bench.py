@@ -5,6 +5,7 @@
     python -m course_lib.bench gptq-time [--device cpu|cuda] [--tools ...] [--bits 4 3] [--threads 2]
     python -m course_lib.bench awq-time [--device cpu|cuda] [--tools ...] [--bits 4] [--threads 2]
     python -m course_lib.bench kv-decode [--device cpu|cuda] [--threads 2] [--name ...]
+    python -m course_lib.bench attention [--name ...]
 
 Timing follows the usual GPU rules: warm-up first, CUDA events around many repetitions, the
 median reported, and enough distinct weight matrices in rotation that the 50 MB L2 cache of an
@@ -434,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     kv.add_argument("--model", default="course-model", choices=["course-model", "llama-1b-shape"],
                     help="the bundled model, or random weights in Llama-3.2-1B's shapes (GPU only)")
     kv.add_argument("--name", default=None, help="result file name (default: <device>_kv_decode)")
+    at = sub.add_parser("attention", help="attention forward: naive, SDPA backends and the course Triton kernel")
+    at.add_argument("--name", default=None, help="result file name (default: <gpu>_attention)")
     args = parser.parse_args(argv)
     try:
         if args.bench == "roofline":
@@ -446,6 +449,10 @@ def main(argv: list[str] | None = None) -> int:
             from .kv.bench import record_kv_decode
 
             record_kv_decode(args.name, device=args.device, threads=args.threads, model=args.model)
+        elif args.bench == "attention":
+            from .attention.bench import record_attention
+
+            record_attention(args.name)
         elif args.bench in ("gptq-time", "awq-time"):
             record_quant_time(args.bench.split("-")[0], args.device, tuple(args.bits), tuple(args.tools), args.threads,
                               args.repeats, args.name)

@@ -1,0 +1,82 @@
+"""FlashAttention's forward pass in plain PyTorch: never more than one (block_q × block_k) tile of scores.
+
+For each block of queries (the outer loop, as in FlashAttention-2), walk over the blocks of keys and
+values and keep, per query row, three running quantities:
+
+    m    the largest score seen so far
+    l    Σ exp(score - m) over the keys seen so far
+    acc  Σ exp(score - m) · v over the same keys (the unnormalised output)
+
+A new tile of scores S raises the max to m' = max(m, rowmax S); everything accumulated against the
+old max is rescaled by α = exp(m - m'): l ← α·l + rowsum exp(S - m'), acc ← α·acc + exp(S - m') V.
+After the last tile, out = acc / l. This is the online softmax (``online_softmax``) with the value
+sum carried along. Memory: O(block_q · block_k) for scores instead of O(Tq · Tk).
+
+Causal tiles entirely above the diagonal are skipped (the work halves); the diagonal tile is masked.
+The diagonal is aligned bottom-right when Tq ≠ Tk (query i is token Tk - Tq + i), and a row that
+sees no key at all outputs zeros (l = 0), never NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .reference import check_shapes
+
+
+def flash_attention_tiled(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
+                          block_q: int = 64, block_k: int = 64, scale: float | None = None) -> torch.Tensor:
+    """Attention of q (B, H, Tq, d) over k, v (B, H_kv, Tk, d), tile by tile, accumulated in float32."""
+    h, h_kv = check_shapes(q, k, v)
+    if block_q < 1 or block_k < 1:
+        raise ValueError(f"block sizes must be positive, got block_q={block_q}, block_k={block_k}.")
+    group = h // h_kv
+    t_q, t_k, d = q.shape[2], k.shape[2], q.shape[3]
+    offset = t_k - t_q  # bottom-right alignment: query i is token offset + i
+    scale = 1 / math.sqrt(d) if scale is None else scale
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    for qs in range(0, t_q, block_q):
+        qe = min(qs + block_q, t_q)
+        qb = q[:, :, qs:qe].float() * scale
+        m = torch.full(qb.shape[:-1], float("-inf"), device=q.device)
+        l = torch.zeros_like(m)
+        acc = torch.zeros(qb.shape, device=q.device)
+        q_pos = torch.arange(qs, qe, device=q.device) + offset
+        k_stop = min(t_k, qe + offset) if causal else t_k  # later key blocks are all in the future
+        for ks in range(0, max(k_stop, 0), block_k):
+            ke = min(ks + block_k, t_k)
+            kb = k[:, :, ks:ke].float().repeat_interleave(group, dim=1)  # query head h -> KV head h // group
+            vb = v[:, :, ks:ke].float().repeat_interleave(group, dim=1)
+            s = qb @ kb.transpose(-2, -1)  # (B, H, bq, bk): one tile of scores
+            if causal and ke - 1 > qs + offset:  # the tile crosses the diagonal
+                s = s.masked_fill(torch.arange(ks, ke, device=q.device)[None, :] > q_pos[:, None], float("-inf"))
+            m_new = torch.maximum(m, s.amax(-1))
+            shift = torch.where(torch.isinf(m_new), 0.0, m_new)  # rows with nothing visible yet
+            p = torch.exp(s - shift[..., None])
+            alpha = torch.exp(m - shift)  # rescales what was accumulated against the old max
+            l = alpha * l + p.sum(-1)
+            acc = alpha[..., None] * acc + p @ vb
+            m = m_new
+        out[:, :, qs:qe] = torch.where(l[..., None] > 0, acc / l.clamp(min=1e-30)[..., None], 0.0).to(q.dtype)
+    return out
+
+
+def tile_grid(t_q: int, t_k: int, block_q: int, block_k: int, *, causal: bool = True) -> torch.Tensor:
+    """Which tiles the loop above computes: 0 skipped, 1 full, 2 masked (crosses the diagonal)."""
+    offset = t_k - t_q
+    rows = []
+    for qs in range(0, t_q, block_q):
+        qe = min(qs + block_q, t_q)
+        row = []
+        for ks in range(0, t_k, block_k):
+            ke = min(ks + block_k, t_k)
+            if causal and ks > qe - 1 + offset:
+                row.append(0)
+            elif causal and ke - 1 > qs + offset:
+                row.append(2)
+            else:
+                row.append(1)
+        rows.append(row)
+    return torch.tensor(rows)

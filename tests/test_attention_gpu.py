@@ -1,0 +1,41 @@
+"""Chapter 10 on the GPU (pytest -m gpu on the H100): the Triton kernel against PyTorch's attention."""
+
+import pytest
+import torch
+
+from course_lib.attention.reference import naive_attention
+from course_lib.attention.triton_flash import flash_attention_triton
+
+pytestmark = pytest.mark.gpu
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+SHAPES = [(1, 4, 4, 128, 128), (2, 8, 2, 1000, 1000), (1, 8, 1, 77, 300), (1, 4, 4, 300, 77), (2, 4, 2, 1, 513),
+          (1, 16, 8, 2048, 2048)]
+TOL = {torch.float16: dict(rtol=2e-3, atol=2e-3), torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}
+
+
+@cuda
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("causal", [True, False])
+def test_triton_equals_reference(shape, dtype, head_dim, causal):
+    b, h, h_kv, t_q, t_k = shape
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(b, h, t_q, head_dim, device="cuda", generator=g).to(dtype)
+    k = torch.randn(b, h_kv, t_k, head_dim, device="cuda", generator=g).to(dtype)
+    v = torch.randn(b, h_kv, t_k, head_dim, device="cuda", generator=g).to(dtype)
+    out = flash_attention_triton(q, k, v, causal=causal)
+    ref = naive_attention(q.float(), k.float(), v.float(), causal=causal).to(dtype)
+    assert not torch.isnan(out).any()
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+
+
+@cuda
+def test_bad_input_on_gpu():
+    x = torch.randn(1, 2, 8, 64, device="cuda")
+    with pytest.raises(ValueError, match="float16 or bfloat16"):
+        flash_attention_triton(x, x, x)
+    y = torch.randn(1, 2, 8, 96, device="cuda", dtype=torch.float16)
+    with pytest.raises(ValueError, match="head_dim"):
+        flash_attention_triton(y, y, y)
