@@ -34,13 +34,13 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     """Clear errors for everything the kernel does not handle."""
     from .reference import check_shapes
 
-    if triton is None:
-        raise RuntimeError("Triton is not installed, so the course kernel cannot run here. Use "
-                           "course_lib.attention.tiled.flash_attention_tiled (the same algorithm in PyTorch) or "
-                           "torch.nn.functional.scaled_dot_product_attention.")
-    if not q.is_cuda:
+    if not q.is_cuda:  # checked first, so a CPU says the same with or without Triton installed
         raise RuntimeError("The Triton kernel needs a CUDA GPU and CUDA tensors; on a CPU use "
-                           "course_lib.attention.tiled.flash_attention_tiled.")
+                           "course_lib.attention.tiled.flash_attention_tiled (the same algorithm in PyTorch).")
+    if triton is None:
+        raise RuntimeError("Triton is not installed, so the course kernel cannot run here (pip install triton, "
+                           "which needs Linux). Meanwhile use course_lib.attention.tiled.flash_attention_tiled or "
+                           "torch.nn.functional.scaled_dot_product_attention.")
     check_shapes(q, k, v)
     if q.dtype not in SUPPORTED_DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"The kernel takes float16 or bfloat16 q, k, v of one dtype; got {q.dtype}, {k.dtype}, "
