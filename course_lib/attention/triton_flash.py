@@ -30,11 +30,18 @@ SUPPORTED_HEAD_DIMS = (64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 
 
+def interpreting() -> bool:
+    """True under TRITON_INTERPRET=1: Triton's interpreter runs the kernel on CPU tensors (slowly, for tests)."""
+    import os
+
+    return triton is not None and os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     """Clear errors for everything the kernel does not handle."""
     from .reference import check_shapes
 
-    if not q.is_cuda:  # checked first, so a CPU says the same with or without Triton installed
+    if not q.is_cuda and not interpreting():  # checked first: a CPU says the same with or without Triton
         raise RuntimeError("The Triton kernel needs a CUDA GPU and CUDA tensors; on a CPU use "
                            "course_lib.attention.tiled.flash_attention_tiled (the same algorithm in PyTorch).")
     if triton is None:
@@ -122,7 +129,7 @@ if triton is not None:
                                        0, full_stop, T_K, OFFSET, qk_scale, BLOCK_N, False, CAUSAL)
         acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m,
                                        full_stop, hi, T_K, OFFSET, qk_scale, BLOCK_N, True, CAUSAL)
-        out = tl.where(l_i[:, None] > 0, acc / l_i[:, None], 0.0)
+        out = tl.where(l_i[:, None] > 0, acc / tl.where(l_i > 0, l_i, 1.0)[:, None], 0.0)  # no key seen: 0
         o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
         tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_m[:, None] < T_Q)
 
@@ -138,9 +145,11 @@ def flash_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     out = torch.empty_like(q)
     scale = 1 / math.sqrt(d) if scale is None else scale
     grid = lambda meta: (triton.cdiv(t_q, meta["BLOCK_M"]), b * h)  # noqa: E731
-    _flash_fwd[grid](q, k, v, out, scale * 1.4426950408889634,
+    # The interpreter cannot time configurations: it runs one fixed block shape instead of autotuning.
+    kernel, fixed = (_flash_fwd.fn, {"BLOCK_M": 64, "BLOCK_N": 32}) if interpreting() else (_flash_fwd, {})
+    kernel[grid](q, k, v, out, scale * 1.4426950408889634,
                      q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                      v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
                      h, h // h_kv, t_q, t_k, t_k - t_q, min(triton.next_power_of_2(t_k), 16384),
-                     HEAD_DIM=d, CAUSAL=causal)
+                     HEAD_DIM=d, CAUSAL=causal, **fixed)
     return out
