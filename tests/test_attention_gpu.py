@@ -1,7 +1,11 @@
 """Chapter 10 on the GPU (pytest -m gpu on the H100): the Triton kernel against PyTorch's attention."""
 
+import os
+
 import pytest
 import torch
+
+os.environ.setdefault("COURSE_FLASH_TUNE", "quick")  # two autotune configs: the tests check answers, not speed
 
 from course_lib.attention.reference import naive_attention
 from course_lib.attention.triton_flash import flash_attention_triton
