@@ -21,6 +21,8 @@ import math
 import torch
 from torch import nn
 
+from ..attention.reference import visible
+
 
 # ----------------------------------------------------------------------------- RoPE
 def rope_frequencies(head_dim: int, theta: float = 10000.0, device=None) -> torch.Tensor:
@@ -54,9 +56,7 @@ def causal_mask(q_len: int, k_len: int, device=None) -> torch.Tensor:
     """
     if q_len > k_len:
         raise ValueError(f"{q_len} queries but only {k_len} keys: the cache must already hold the new tokens.")
-    i = torch.arange(q_len, device=device)[:, None]
-    j = torch.arange(k_len, device=device)[None, :]
-    return j <= i + (k_len - q_len)
+    return visible(q_len, k_len, causal=True, device=device)
 
 
 def kv_head_for_query_head(n_heads: int, n_kv_heads: int) -> list[int]:
@@ -88,13 +88,17 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, key_mask: torch
     k, v = repeat_kv(k, n_heads), repeat_kv(v, n_heads)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)).float() * scale  # (B, H, Tq, Tk)
-    allowed = causal_mask(q_len, k_len, q.device)[None, None]
+    return masked_softmax(scores, key_mask).to(v.dtype) @ v
+
+
+def masked_softmax(scores: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax of (B, H, Tq, Tk) scores over the keys each query may see: causal (bottom-right) and,
+    with key_mask (B, Tk), not padding. A row with no visible key gives zeros, not NaN."""
+    q_len, k_len = scores.shape[-2:]
+    allowed = causal_mask(q_len, k_len, scores.device)[None, None]
     if key_mask is not None:
         allowed = allowed & key_mask[:, None, None, :].bool()
-    scores = scores.masked_fill(~allowed, float("-inf"))
-    probs = torch.softmax(scores, dim=-1)
-    probs = torch.nan_to_num(probs)  # a padding query row with no visible key: zeros, not NaN
-    return (probs.to(v.dtype) @ v)
+    return torch.nan_to_num(torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1))
 
 
 # ----------------------------------------------------------------------------- the module

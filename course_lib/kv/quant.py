@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention import causal_mask, repeat_kv
+from .attention import masked_softmax, repeat_kv
 
 FP8_DTYPES = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
 FP8_MAX = {"e4m3": 448.0, "e5m2": 57344.0}
@@ -293,11 +293,7 @@ def simulate(scheme: KVQuant):
         scale = q.shape[-1] ** -0.5
         s_full = (q @ repeat_kv(k, n_heads).transpose(-2, -1)).float() * scale
         s_quant = (q @ repeat_kv(kh, n_heads).transpose(-2, -1)).float() * scale
-        scores = torch.where(use_q, s_quant, s_full)
-        allowed = causal_mask(q_len, k_len, q.device)[None, None]
-        if key_mask is not None:
-            allowed = allowed & key_mask[:, None, None, :].bool()
-        p = torch.nan_to_num(torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)).to(v.dtype)
+        p = masked_softmax(torch.where(use_q, s_quant, s_full), key_mask).to(v.dtype)
         return (p * use_q) @ repeat_kv(vh, n_heads) + (p * ~use_q) @ repeat_kv(v, n_heads)
 
     return hook
