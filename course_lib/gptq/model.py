@@ -79,24 +79,24 @@ class GPTQReport:
         return sum(d["loss"] for d in self.layers)
 
 
-def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList, list[list[str]]]:
+def find_blocks(model: nn.Module, what: str = "GPTQ") -> tuple[str, nn.ModuleList, list[list[str]]]:
     """(path, decoder blocks, true-sequential layer groups) of a supported model; clear errors otherwise."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     supported = ", ".join(ARCHITECTURES)
     if model_type not in ARCHITECTURES:
         extra = " (its projections are transformers Conv1D layers, not nn.Linear)" if model_type == "gpt2" else ""
-        raise ValueError(f"GPTQ: unsupported architecture {model_type!r}{extra}; supported: {supported}.")
+        raise ValueError(f"{what}: unsupported architecture {model_type!r}{extra}; supported: {supported}.")
     path, groups = ARCHITECTURES[model_type]
     try:
         blocks = model.get_submodule(path)
     except AttributeError:
-        raise ValueError(f"GPTQ: a {model_type!r} model should hold its decoder blocks at {path!r}, this one does "
+        raise ValueError(f"{what}: a {model_type!r} model should hold its decoder blocks at {path!r}, this one does "
                          f"not; pass the *ForCausalLM model (supported: {supported}).") from None
     for i, block in enumerate(blocks):
         for name in sum(groups, []):
             layer = block.get_submodule(name)
             if type(layer) is not nn.Linear:
-                raise TypeError(f"GPTQ: unsupported layer type {type(layer).__name__} at {path}.{i}.{name}; "
+                raise TypeError(f"{what}: unsupported layer type {type(layer).__name__} at {path}.{i}.{name}; "
                                 f"supported: nn.Linear (in {supported} models).")
     return path, blocks, groups
 
@@ -213,7 +213,7 @@ class _FinalOutputs:
 
 
 def _group_hessians(block: nn.Module, names: list[str], inputs: list[tuple[torch.Tensor, dict]],
-                    cache: _FinalOutputs | None = None) -> dict:
+                    cache: _FinalOutputs | None = None, what: str = "GPTQ") -> dict:
     """Hessian of each layer in `names` over all inputs, recorded by forward *pre*-hooks.
 
     Layers that read the very same input tensor (q, k, v; gate, up) share one accumulator. The
@@ -235,7 +235,7 @@ def _group_hessians(block: nn.Module, names: list[str], inputs: list[tuple[torch
             if first is None:
                 accs[name].add_batch(x)
             if owner.setdefault(name, first or name) != (first or name):
-                raise RuntimeError(f"GPTQ: layer {name} changed which layer's input it shares between batches.")
+                raise RuntimeError(f"{what}: layer {name} changed which layer's input it shares between batches.")
             seen.append((x, name))
             if len(seen) == len(needed):
                 raise _StopForward
@@ -258,9 +258,65 @@ def _group_hessians(block: nn.Module, names: list[str], inputs: list[tuple[torch
             h.remove()
     missing = [n for n in names if n not in owner]
     if missing:
-        raise RuntimeError(f"GPTQ: {missing} received no input in the block's forward pass; quantize only layers "
+        raise RuntimeError(f"{what}: {missing} received no input in the block's forward pass; process only layers "
                            f"the forward pass uses (pass them in `skip`).")
     return {n: accs[owner[n]].H for n in names}
+
+
+@dataclass
+class LayerJob:
+    """One layer handed out by sequential_layers: its full name, the module, its Hessian H = 2/n sum x x^T
+    over the calibration inputs it sees now, and the device its block lives on outside the pipeline."""
+
+    name: str
+    layer: nn.Module
+    H: torch.Tensor
+    home: torch.device
+
+
+def layer_groups(model: nn.Module, skip: tuple[str, ...] = ("lm_head",), true_sequential: bool = True,
+                 what: str = "GPTQ") -> tuple[str, nn.ModuleList, list[list[str]]]:
+    """(path, blocks, groups) with the names ending in `skip` removed; one group if not true_sequential."""
+    path, blocks, groups = find_blocks(model, what)
+    groups = [[n for n in grp if not n.endswith(tuple(skip))] for grp in groups]
+    groups = [grp for grp in groups if grp]
+    return path, blocks, (groups if true_sequential else [sum(groups, [])])
+
+
+@torch.no_grad()
+def sequential_layers(model: nn.Module, calibration: torch.Tensor, groups: list[list[str]], *,
+                      reuse_outputs: bool = True, batch_size: int = 16, device: torch.device | str | None = None,
+                      progress: bool = True, desc: str = "GPTQ blocks", what: str = "GPTQ"):
+    """The sequential pipeline of the module docstring as a generator: yields a LayerJob per layer, in
+    block and group order. The caller writes the layer's new weights before asking for the next job;
+    the next group's Hessians and the next block's inputs then come from the modified layers.
+    GPTQ (below) and course_lib.prune's SparseGPT and Wanda both run on it."""
+    path, blocks, _ = find_blocks(model, what)
+    check_calibration(model, calibration)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int (calibration samples per forward), got {batch_size!r}.")
+    was_training = model.training
+    model.eval()
+    try:
+        inputs = _first_block_inputs(model, blocks[0], calibration, batch_size)
+        for i, block in enumerate(block_progress(blocks, desc, progress)):
+            home = next(block.parameters()).device
+            if device is not None:
+                block.to(device)
+                inputs = [(h.to(device), _to(kw, device)) for h, kw in inputs]
+            cache = _FinalOutputs(block, sum(groups, []), len(inputs)) if reuse_outputs else None
+            for names in groups:
+                hessians = _group_hessians(block, names, inputs, cache, what)
+                for name in names:
+                    yield LayerJob(f"{path}.{i}.{name}", block.get_submodule(name), hessians.pop(name), home)
+                if cache:
+                    cache.quantized(names)
+            outputs = _run_block(block, inputs, cache)  # the modified block's outputs feed the next block
+            inputs = [(h, kw) for h, (_, kw) in zip(outputs, inputs)]
+            if device is not None:
+                block.to(home)
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -283,55 +339,27 @@ def gptq_quantize_model(model: nn.Module, calibration: torch.Tensor, bits: int =
       fake-quantized model and the exported one compute with the same weights.
     Everything is checked (architecture, layer types, group sizes, calibration) before any weight changes.
     """
-    path, blocks, groups = find_blocks(model)
-    groups = [[n for n in grp if not n.endswith(tuple(skip))] for grp in groups]
-    groups = [grp for grp in groups if grp]
-    if not true_sequential:
-        groups = [sum(groups, [])]
+    path, blocks, groups = layer_groups(model, skip, true_sequential)
     for i, block in enumerate(blocks):
         for name in sum(groups, []):
             check_gptq_args(block.get_submodule(name).in_features, bits, group_size, blocksize, f"{path}.{i}.{name}")
     check_calibration(model, calibration)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int (calibration samples per forward), got {batch_size!r}.")
 
     t0 = time.perf_counter()
     report = GPTQReport(model=model, bits=bits, group_size=None if group_size in (None, -1) else group_size,
                         symmetric=symmetric, act_order=act_order, static_groups=static_groups,
                         true_sequential=true_sequential, percdamp=percdamp, n_samples=calibration.shape[0],
                         seq_len=calibration.shape[1])
-    was_training = model.training
-    model.eval()
-    try:
-        inputs = _first_block_inputs(model, blocks[0], calibration, batch_size)
-        for i, block in enumerate(block_progress(blocks, "GPTQ blocks", progress)):
-            home = next(block.parameters()).device
-            if device is not None:
-                block.to(device)
-                inputs = [(h.to(device), _to(kw, device)) for h, kw in inputs]
-            cache = _FinalOutputs(block, sum(groups, []), len(inputs)) if reuse_outputs else None
-            for names in groups:
-                hessians = _group_hessians(block, names, inputs, cache)
-                for name in names:
-                    full = f"{path}.{i}.{name}"
-                    layer = block.get_submodule(name)
-                    t = time.perf_counter()
-                    res = gptq_quantize_weight(layer.weight, hessians.pop(name), bits, group_size=group_size,
-                                               symmetric=symmetric, act_order=act_order, static_groups=static_groups,
-                                               blocksize=blocksize, percdamp=percdamp, scale_dtype=scale_dtype,
-                                               name=full)
-                    layer.weight.copy_(res.qweight_float)
-                    report.results[full] = res if device is None else res.to(home)
-                    report.layers.append({"name": full, "shape": tuple(layer.weight.shape), "loss": res.loss,
-                                          "damp": res.damp, "seconds": time.perf_counter() - t})
-                if cache:
-                    cache.quantized(names)
-            outputs = _run_block(block, inputs, cache)  # the quantized block's outputs feed the next block
-            inputs = [(h, kw) for h, (_, kw) in zip(outputs, inputs)]
-            if device is not None:
-                block.to(home)
-    finally:
-        model.train(was_training)
+    for job in sequential_layers(model, calibration, groups, reuse_outputs=reuse_outputs, batch_size=batch_size,
+                                 device=device, progress=progress, desc="GPTQ blocks"):
+        t = time.perf_counter()
+        res = gptq_quantize_weight(job.layer.weight, job.H, bits, group_size=group_size, symmetric=symmetric,
+                                   act_order=act_order, static_groups=static_groups, blocksize=blocksize,
+                                   percdamp=percdamp, scale_dtype=scale_dtype, name=job.name)
+        job.layer.weight.copy_(res.qweight_float)
+        report.results[job.name] = res if device is None else res.to(job.home)
+        report.layers.append({"name": job.name, "shape": tuple(job.layer.weight.shape), "loss": res.loss,
+                              "damp": res.damp, "seconds": time.perf_counter() - t})
     report.seconds = time.perf_counter() - t0
     return report
 
