@@ -6,6 +6,7 @@
     python -m course_lib.bench awq-time [--device cpu|cuda] [--tools ...] [--bits 4] [--threads 2]
     python -m course_lib.bench kv-decode [--device cpu|cuda] [--threads 2] [--name ...]
     python -m course_lib.bench attention [--name ...]
+    python -m course_lib.bench sparse24 [--name ...]
 
 Timing follows the usual GPU rules: warm-up first, CUDA events around many repetitions, the
 median reported, and enough distinct weight matrices in rotation that the 50 MB L2 cache of an
@@ -437,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     kv.add_argument("--name", default=None, help="result file name (default: <device>_kv_decode)")
     at = sub.add_parser("attention", help="attention forward: naive, SDPA backends and the course Triton kernel")
     at.add_argument("--name", default=None, help="result file name (default: <gpu>_attention)")
+    sp = sub.add_parser("sparse24", help="2:4 sparse (cuSPARSELt, CUTLASS) vs dense vs CSR matmuls at Llama shapes")
+    sp.add_argument("--name", default=None, help="result file name (default: <gpu>_sparse24)")
     args = parser.parse_args(argv)
     try:
         if args.bench == "roofline":
@@ -453,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
             from .attention.bench import record_attention
 
             record_attention(args.name)
+        elif args.bench == "sparse24":
+            from .prune.sparse_bench import record_sparse24
+
+            record_sparse24(args.name)
         elif args.bench in ("gptq-time", "awq-time"):
             record_quant_time(args.bench.split("-")[0], args.device, tuple(args.bits), tuple(args.tools), args.threads,
                               args.repeats, args.name)
