@@ -57,7 +57,7 @@ class PruneReport:
 @torch.no_grad()
 def prune_model(model: nn.Module, calibration: torch.Tensor | None, method: str = "sparsegpt", *,
                 sparsity: float = 0.5, nm=None, scope: str = "layer", bits: int | None = None,
-                blocksize: int = 128, percdamp: float = 0.01, true_sequential: bool = True,
+                blocksize: int = 128, percdamp: float = 0.01, true_sequential: bool = False,
                 skip: tuple[str, ...] = ("lm_head",), batch_size: int = 16, progress: bool = True,
                 device: torch.device | str | None = None) -> PruneReport:
     """Prune the decoder blocks' linear layers in place and return a PruneReport.
@@ -65,6 +65,9 @@ def prune_model(model: nn.Module, calibration: torch.Tensor | None, method: str 
     method: "magnitude" (scope "layer": one threshold per layer; "row": per output row), "wanda"
       (per row) or "sparsegpt" (bits: prune and quantize jointly, one scale per row).
     nm: an N:M pattern such as "2:4" instead of a sparsity.
+    true_sequential: False (default, as both papers' code does) collects the Hessians of all of a
+      block's layers in one pass over the block; True prunes [q, k, v], then o, ... and collects each
+      group's inputs after the earlier groups are pruned (GPTQ's option): more passes, a little better.
     calibration: LongTensor (n_samples, seq_len) of token ids (None is fine for magnitude).
     Everything (method, sparsity, pattern fit, calibration) is checked before any weight changes.
     """

@@ -1,0 +1,38 @@
+"""course_lib.prune.teach: sizes, the published table, per-layer errors, the sweep's rows."""
+
+import pytest
+import torch
+
+from course_lib.models import tiny_model
+from course_lib.perplexity import Protocol
+from course_lib.prune.teach import (bits_per_weight, layer_error_rows, load_published, published_vs_ours,
+                                    relative_error)
+
+
+def test_bits_per_weight():
+    assert bits_per_weight(16) == 16 and bits_per_weight(16, "2:4") == 9 and bits_per_weight(4, "2:4") == 3
+    assert bits_per_weight(16, "50%") == 9 and bits_per_weight(4, "50%") == 3
+    assert bits_per_weight(4, group_size=128) == 4.125
+    with pytest.raises(ValueError, match="pattern"):
+        bits_per_weight(4, "1:4")
+
+
+def test_published_table_and_side_by_side():
+    pub = load_published()
+    assert pub["dense"] == 5.12 and len(pub["rows"]) == 9 and "locuslab/wanda" in pub["source"]
+    rows = [{"method": "magnitude", "target": "50%", "ppl": 60.0}, {"method": "wanda", "target": "2:4", "ppl": 90.0}]
+    out = published_vs_ours(rows, 45.0, pub)
+    assert [(r["pattern"], r["method"]) for r in out] == [("50%", "magnitude"), ("2:4", "wanda")]
+    assert out[0]["ours / dense"] == pytest.approx(60 / 45) and out[0]["LLaMA-2-7B / dense"] == pytest.approx(14.89 / 5.12)
+
+
+def test_relative_error():
+    W, X = torch.randn(8, 16), torch.randn(100, 16)
+    assert relative_error(W, W, X) == 0 and relative_error(W, torch.zeros_like(W), X) == pytest.approx(1.0)
+
+
+def test_layer_error_rows_order_on_a_tiny_model():
+    model = tiny_model("llama")
+    calib = torch.randint(0, 4096, (4, 64), generator=torch.Generator().manual_seed(0))
+    rows = layer_error_rows(model, calib, ["model.layers.0.mlp.down_proj", "model.layers.1.self_attn.q_proj"])
+    assert len(rows) == 2 and all(0 < r["sparsegpt"] < min(r["magnitude"], r["wanda"]) < 1 for r in rows)
