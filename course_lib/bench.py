@@ -7,6 +7,7 @@
     python -m course_lib.bench kv-decode [--device cpu|cuda] [--threads 2] [--name ...]
     python -m course_lib.bench attention [--name ...]
     python -m course_lib.bench sparse24 [--name ...]
+    python -m course_lib.bench prune-sweep [--threads 1] [--name ...]     (CPU: chapter 07's perplexity sweep)
 
 Timing follows the usual GPU rules: warm-up first, CUDA events around many repetitions, the
 median reported, and enough distinct weight matrices in rotation that the 50 MB L2 cache of an
@@ -440,6 +441,10 @@ def main(argv: list[str] | None = None) -> int:
     at.add_argument("--name", default=None, help="result file name (default: <gpu>_attention)")
     sp = sub.add_parser("sparse24", help="2:4 sparse (cuSPARSELt, CUTLASS) vs dense vs CSR matmuls at Llama shapes")
     sp.add_argument("--name", default=None, help="result file name (default: <gpu>_sparse24)")
+    ps = sub.add_parser("prune-sweep", help="chapter 07: perplexity of the course model pruned by magnitude, Wanda "
+                        "and SparseGPT at 10-70%% and N:M, on CPU")
+    ps.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: as the notebooks' canonical run)")
+    ps.add_argument("--name", default=None, help="result file name (default: cpu_prune_sweep)")
     args = parser.parse_args(argv)
     try:
         if args.bench == "roofline":
@@ -460,6 +465,10 @@ def main(argv: list[str] | None = None) -> int:
             from .prune.sparse_bench import record_sparse24
 
             record_sparse24(args.name)
+        elif args.bench == "prune-sweep":
+            from .prune.teach import record_sweep
+
+            record_sweep(args.name, threads=args.threads)
         elif args.bench in ("gptq-time", "awq-time"):
             record_quant_time(args.bench.split("-")[0], args.device, tuple(args.bits), tuple(args.tools), args.threads,
                               args.repeats, args.name)

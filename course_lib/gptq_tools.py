@@ -228,18 +228,11 @@ def quantize_with_llmcompressor(model_dir, out_dir, calibration, *, bits: int = 
                     n_samples=calibration.shape[0], seq_len=calibration.shape[1],
                     dtype=str(dtype).replace("torch.", ""))
     with _quiet() as log:
-        version = _require("llmcompressor", "llmcompressor")
-        _require("datasets", "datasets")
-        from datasets import Dataset
+        version, dataset = llmcompressor_dataset(calibration)
         from llmcompressor import oneshot
         from llmcompressor.modifiers.gptq import GPTQModifier
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        _loguru(False)  # importing llmcompressor switched its logger back on
-
-        # An in-memory, already tokenized dataset: nothing is downloaded.
-        dataset = Dataset.from_dict({"input_ids": calibration.tolist(),
-                                     "attention_mask": [[1] * calibration.shape[1]] * calibration.shape[0]})
         recipe = GPTQModifier(config_groups=_scheme(bits, group_size, sym, actorder), ignore=["lm_head"],
                               actorder=actorder, dampening_frac=dampening_frac)
         start = time.perf_counter()
@@ -251,6 +244,18 @@ def quantize_with_llmcompressor(model_dir, out_dir, calibration, *, bits: int = 
         if (model_dir / "tokenizer.json").exists() or (model_dir / "tokenizer_config.json").exists():
             AutoTokenizer.from_pretrained(str(model_dir)).save_pretrained(str(out_dir))
     return ToolRun(out_dir, seconds, "llmcompressor", version, settings, log.getvalue())
+
+
+def llmcompressor_dataset(calibration) -> tuple[str, object]:
+    """(llm-compressor's version, the calibration token ids as an in-memory `datasets.Dataset`): nothing is
+    downloaded. Importing llmcompressor switches its loguru output back on; this switches it off again."""
+    version = _require("llmcompressor", "llmcompressor")
+    _require("datasets", "datasets")
+    from datasets import Dataset
+
+    _loguru(False)
+    return version, Dataset.from_dict({"input_ids": calibration.tolist(),
+                                       "attention_mask": [[1] * calibration.shape[1]] * calibration.shape[0]})
 
 
 def _quantization_config(out_dir: Path) -> dict:

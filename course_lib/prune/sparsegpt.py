@@ -82,7 +82,7 @@ def sparsegpt_prune_weight(W: torch.Tensor, H: torch.Tensor, sparsity: float = 0
     del H
 
     mask = torch.ones_like(W, dtype=torch.bool)
-    losses = torch.zeros(out_f, device=W.device)
+    loss = 0.0
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         W1 = W[:, i1:i2].clone()
@@ -93,22 +93,24 @@ def sparsegpt_prune_weight(W: torch.Tensor, H: torch.Tensor, sparsity: float = 0
         if nm is None:  # adaptive mask: the k least salient weights of the whole (updated) block
             saliency = (W1 / d) ** 2
             mask[:, i1:i2] = prune_lowest(saliency.reshape(-1), int(saliency.numel() * sparsity)).reshape(W1.shape)
+        keep1 = mask[:, i1:i2].to(W1.dtype)  # a view's copy: refreshed below for N:M groups
         for i in range(i2 - i1):
-            j = i1 + i
             if nm is not None and i % nm[1] == 0:  # a group of M columns starts: keep N per row
                 n, m = nm
                 saliency = (W1[:, i:i + m] / d[i:i + m]) ** 2
-                mask[:, j:j + m] = prune_lowest(saliency, m - n)
+                group = prune_lowest(saliency, m - n)
+                mask[:, i1 + i:i1 + i + m] = group
+                keep1[:, i:i + m] = group
             w = W1[:, i]
-            q = torch.where(mask[:, j], w, torch.zeros_like(w))
+            q = w * keep1[:, i]                                   # pruned weights become 0
             if bits is not None:  # 0 stays 0: s * (round(0 / s) + z - z)
                 q = (scale * (quantize_blocks(q.unsqueeze(1), scale, zero, qmin, qmax) - zero))[:, 0]
             Q1[:, i] = q
             err = (w - q) / d[i]
-            losses += err ** 2 / 2
-            W1[:, i:] -= err.unsqueeze(1) @ U1[i:i + 1, i:]     # OBS update of the rest of the block
+            W1[:, i:].addr_(err, U1[i, i:], alpha=-1)             # OBS update of the rest of the block
             Err1[:, i] = err
+        loss += (Err1 ** 2).sum().item() / 2
         W[:, i1:i2] = Q1
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]                         # lazy update of all later columns
-    return SparseGPTResult(weight=W.to(dtype), mask=mask, loss=losses.sum().item(), damp=damp,
+    return SparseGPTResult(weight=W.to(dtype), mask=mask, loss=loss, damp=damp,
                            sparsity=sparsity, nm=nm, bits=bits)

@@ -15,7 +15,7 @@ import time
 import torch
 
 from ..env import REPO_ROOT
-from ..gptq.teach import hessian, layer_inputs
+from ..gptq.teach import _quiet_stderr, hessian, layer_inputs
 from ..perplexity import FAST, Protocol, perplexity
 from .model import METHODS, prune_model
 from .sparsegpt import sparsegpt_prune_weight
@@ -112,6 +112,18 @@ def published_vs_ours(rows: list[dict], dense_ppl: float, published: dict | None
                         "ours / dense": ours[key] / dense_ppl, f"{published['model']} ppl": p["ppl"],
                         f"{published['model']} / dense": p["ppl"] / published["dense"]})
     return out
+
+
+def nextline_rows(variants: dict, tokenizer, limit: int | None = None) -> list[dict]:
+    """lm-eval's course_nextline accuracy of each model in `variants` ({label: model}), progress bars silenced."""
+    from ..lm_eval_tasks import evaluate
+
+    rows = []
+    for label, model in variants.items():
+        with _quiet_stderr("lm_eval"):
+            scores = evaluate(model, tokenizer, tasks=("course_nextline",), limit=limit)
+        rows.append({"variant": label, "acc": scores["acc"], "acc_mutual_info": scores["acc_mutual_info"]})
+    return rows
 
 
 def bits_per_weight(value_bits: int, pattern: str | None = None, *, group_size: int | None = None,

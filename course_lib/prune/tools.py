@@ -50,7 +50,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..gptq_tools import ToolRun, _check_dirs, _loguru, _quiet, _require
+from ..gptq_tools import ToolRun, _check_dirs, _quiet, llmcompressor_dataset
 
 __all__ = ["METHODS", "MASK_STRUCTURES", "prune_with_llmcompressor", "sparsity_report"]
 
@@ -154,18 +154,12 @@ def prune_with_llmcompressor(model_dir, calibration, *, method: str = "sparsegpt
     if method == "sparsegpt":
         settings.update(block_size=block_size, dampening_frac=dampening_frac)
     with _quiet() as log:
-        version = _require("llmcompressor", "llmcompressor")
-        _require("datasets", "datasets")
-        from datasets import Dataset
+        version, dataset = llmcompressor_dataset(calibration)
         from llmcompressor import oneshot
         from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
         from llmcompressor.modifiers.pruning.wanda import WandaPruningModifier
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        _loguru(False)  # importing llmcompressor switched its logger back on
-        # An in-memory, already tokenized dataset: nothing is downloaded.
-        dataset = Dataset.from_dict({"input_ids": calibration.tolist(),
-                                     "attention_mask": [[1] * calibration.shape[1]] * calibration.shape[0]})
         start = time.perf_counter()
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=getattr(torch, str(dtype).replace("torch.", "")))
         targets = _decoder_block_targets(model)

@@ -73,12 +73,15 @@ def _check_weight(W: torch.Tensor, name: str = "layer") -> None:
 def prune_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Keep-mask of a 1-D or 2-D score tensor with the k lowest scores of each row pruned
     (a 1-D tensor is one row). Exactly k per row: ties go to the earlier position."""
-    flat = scores.unsqueeze(0) if scores.dim() == 1 else scores
-    keep = torch.ones_like(flat, dtype=torch.bool)
-    if k > 0:
-        # a stable sort makes the tie-break deterministic: equal scores, earlier index pruned first
-        idx = torch.sort(flat.float(), dim=-1, stable=True).indices[:, :k]
-        keep.scatter_(-1, idx, False)
+    flat = (scores.unsqueeze(0) if scores.dim() == 1 else scores).float()
+    if k <= 0:
+        return torch.ones_like(scores, dtype=torch.bool)
+    # the k-th smallest score per row is the threshold (kthvalue: a selection, no full sort)
+    thresh = torch.kthvalue(flat, k, dim=-1, keepdim=True).values
+    keep = flat > thresh
+    if ((~keep).sum(dim=-1) > k).any():  # ties at the threshold: a stable sort decides, earlier index pruned first
+        idx = torch.sort(flat, dim=-1, stable=True).indices[:, :k]
+        keep = torch.ones_like(flat, dtype=torch.bool).scatter_(-1, idx, False)
     return keep.reshape(scores.shape)
 
 
