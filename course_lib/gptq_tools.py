@@ -123,12 +123,17 @@ def _quiet():
 
 def _check_settings(bits: int, group_size: int, calibration):
     """Validate the shared settings; return the calibration as a 2-D LongTensor (n, seq_len)."""
-    import torch
-
     if isinstance(bits, bool) or bits not in SUPPORTED_BITS:
         raise ValueError(f"bits must be one of {SUPPORTED_BITS} (what the GPTQ checkpoint formats store), got {bits!r}.")
     if not isinstance(group_size, int) or isinstance(group_size, bool) or not (group_size == -1 or group_size > 0):
         raise ValueError(f"group_size must be a positive int, or -1 for one scale per output channel, got {group_size!r}.")
+    return check_tool_calibration(calibration)
+
+
+def check_tool_calibration(calibration):
+    """The calibration as a 2-D LongTensor (n_samples, seq_len) on CPU, for a library to read; or a clear error."""
+    import torch
+
     if not isinstance(calibration, torch.Tensor):
         raise TypeError("calibration must be a LongTensor (n_samples, seq_len) of token ids, e.g. "
                         f"course_lib.tokens.calibration_batches(tokenizer, 128, 256); got {type(calibration).__name__}.")

@@ -50,7 +50,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..gptq_tools import ToolRun, _check_dirs, _quiet, llmcompressor_dataset
+from ..gptq_tools import ToolRun, _check_dirs, _quiet, check_tool_calibration, llmcompressor_dataset
 
 __all__ = ["METHODS", "MASK_STRUCTURES", "prune_with_llmcompressor", "sparsity_report"]
 
@@ -65,19 +65,6 @@ def _parse_mask_structure(mask_structure: str) -> tuple[int, int]:
                          f"zeros in every 4 inputs), got {mask_structure!r}.")
     n, m = (int(part) for part in mask_structure.split(":"))
     return n, m
-
-
-def _check_calibration(calibration):
-    """The calibration as a 2-D LongTensor (n_samples, seq_len) on CPU, or a clear error."""
-    import torch
-
-    if not isinstance(calibration, torch.Tensor):
-        raise TypeError("calibration must be a LongTensor (n_samples, seq_len) of token ids, e.g. "
-                        f"course_lib.tokens.calibration_batches(tokenizer, 32, 128); got {type(calibration).__name__}.")
-    if calibration.ndim != 2 or calibration.numel() == 0 or calibration.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"calibration must be a non-empty 2-D integer tensor (n_samples, seq_len), got "
-                         f"{calibration.dtype} of shape {tuple(calibration.shape)}.")
-    return calibration.long().cpu()
 
 
 def _check_settings(method: str, sparsity: float, mask_structure: str, block_size: int,
@@ -148,7 +135,7 @@ def prune_with_llmcompressor(model_dir, calibration, *, method: str = "sparsegpt
         if not (model_dir / "config.json").exists():
             raise ValueError(f"{model_dir} is not a saved Hugging Face model (no config.json); give a local "
                              "directory, e.g. course_lib.models.BUNDLED_DIR.")
-    calibration = _check_calibration(calibration)
+    calibration = check_tool_calibration(calibration)
     settings = dict(method=method, sparsity=float(sparsity), mask_structure=mask_structure,
                     n_samples=calibration.shape[0], seq_len=calibration.shape[1], dtype=str(dtype).replace("torch.", ""))
     if method == "sparsegpt":
