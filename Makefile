@@ -73,6 +73,7 @@ bench: $(STAMP)
 	$(PY) -m course_lib.bench kv-decode --model llama-1b-shape
 	$(PY) -m course_lib.bench attention
 	$(PY) -m course_lib.bench sparse24
+	$(PY) -m course_lib.bench distill
 
 constraints: $(STAMP)
 	@{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/'; } > constraints.txt.new

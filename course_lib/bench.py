@@ -8,6 +8,7 @@
     python -m course_lib.bench attention [--name ...]
     python -m course_lib.bench sparse24 [--name ...]
     python -m course_lib.bench prune-sweep [--threads 1] [--name ...]     (CPU: chapter 07's perplexity sweep)
+    python -m course_lib.bench distill [--profile large] [--part all|white|extras] [--name ...]  (chapter 08)
 
 Timing follows the usual GPU rules: warm-up first, CUDA events around many repetitions, the
 median reported, and enough distinct weight matrices in rotation that the 50 MB L2 cache of an
@@ -445,6 +446,13 @@ def main(argv: list[str] | None = None) -> int:
                         "and SparseGPT at 10-70%% and N:M, on CPU")
     ps.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: as the notebooks' canonical run)")
     ps.add_argument("--name", default=None, help="result file name (default: cpu_prune_sweep)")
+    ds = sub.add_parser("distill", help="chapter 08: four students (CE, logit KD, sequence-level KD, KD on the "
+                        "teacher's text), context distillation, the encoder, and the compression table")
+    ds.add_argument("--profile", default="large", choices=["small", "medium", "large"])
+    ds.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
+    ds.add_argument("--part", default="all", choices=["all", "white", "extras"],
+                    help="white: the four students and the compression table; extras: the rest")
+    ds.add_argument("--name", default=None, help="result file name (default: <device>_distill[_extras])")
     args = parser.parse_args(argv)
     try:
         if args.bench == "roofline":
@@ -469,6 +477,10 @@ def main(argv: list[str] | None = None) -> int:
             from .prune.teach import record_sweep
 
             record_sweep(args.name, threads=args.threads)
+        elif args.bench == "distill":
+            from .distill.experiments import record_distill
+
+            record_distill(args.name, profile=args.profile, device=args.device, part=args.part)
         elif args.bench in ("gptq-time", "awq-time"):
             record_quant_time(args.bench.split("-")[0], args.device, tuple(args.bits), tuple(args.tools), args.threads,
                               args.repeats, args.name)

@@ -31,6 +31,7 @@ if [ "$BENCH" = 1 ]; then
   "$VENV/bin/python" -m course_lib.bench kv-decode --model llama-1b-shape
   "$VENV/bin/python" -m course_lib.bench attention
   "$VENV/bin/python" -m course_lib.bench sparse24
+  "$VENV/bin/python" -m course_lib.bench distill
 fi
 OPTS=(-o "addopts=-p no:cacheprovider -p course_lib.nbval_plugin" -p no:randomly)
 echo "== unit tests on CUDA (${COURSE_GPU_WORKERS:-4} xdist workers sharing the GPU)"
