@@ -31,7 +31,7 @@ PROFILES = {
         "train": DistillConfig(steps=300, batch_size=32, seq_len=256, lr=2e-3, warmup=30, eval_every=50),
         "eval_tokens": 16384, "samples": 4096, "prompt_len": 16, "sample_batch": 1024,
         "context": {"steps": 100, "n_train": 128, "n_test": 64, "batch_size": 16},
-        "encoder": {"teacher_steps": 600, "student_steps": 400, "batch_size": 64},
+        "encoder": ENCODER_PROFILES["large"],  # BERT's init and dropout need lr 1e-3 and 3000 teacher steps
     },
     "large": {
         "train": DistillConfig(steps=2000, batch_size=64, seq_len=256, lr=2e-3, warmup=100, eval_every=200),
