@@ -8,7 +8,7 @@ import torch
 from course_lib.distill.experiments import (PROFILES, RUNS, gradient_norms, storage_bytes, temperature_rows)
 from course_lib.distill.incontext import context_logits, context_task, distil_context, window_scores
 from course_lib.distill.student import STUDENT, new_student, param_count
-from course_lib.distill.teach import final_rows, tokens_to_reach
+from course_lib.distill.teach import final_rows
 from course_lib.distill.trainer import DistillConfig
 from course_lib.models import load_tokenizer, tiny_model
 
@@ -62,7 +62,7 @@ def test_storage_bytes_counts_quantized_linears_only():
     assert storage_bytes(model, 4.0) == fp16 - linear * 12 // 8
 
 
-def test_final_rows_and_tokens_to_reach():
+def test_final_rows():
     curves = {"CE on the corpus": [{"tokens": 0, "val_loss": 5.0, "val_kl": 2.0}, {"tokens": 10, "val_loss": 4.0},
                                    {"tokens": 20, "val_loss": 4.2, "val_kl": 0.5}],
               "kd": [{"tokens": 0, "val_loss": 5.0}, {"tokens": 10, "val_loss": 4.1}, {"tokens": 20, "val_loss": 3.9}]}
@@ -70,7 +70,6 @@ def test_final_rows_and_tokens_to_reach():
     assert rows["CE on the corpus"]["best val ppl"] == pytest.approx(math.exp(4.0))
     assert rows["CE on the corpus"]["final val ppl"] == pytest.approx(math.exp(4.2))
     assert rows["kd"]["ppl vs CE only"] == pytest.approx(math.exp(-0.1))
-    assert tokens_to_reach(curves["kd"], 4.1) == 10 and tokens_to_reach(curves["kd"], 3.0) is None
 
 
 def test_context_task_windows_do_not_overlap_and_errors_are_clear():

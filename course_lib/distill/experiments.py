@@ -18,7 +18,7 @@ from .encoder import ENCODER_PROFILES
 from .loss import distillation_loss, soft_targets
 from .sequence import TeacherSamples, repeated_ngrams, teacher_corpus
 from .student import STUDENT, new_student, param_count
-from .trainer import CorpusWindows, DistillConfig, make_eval_set, train_student
+from .trainer import CorpusWindows, DistillConfig, evaluate, make_eval_set, train_student
 
 PROFILES = {
     "small": {
@@ -185,7 +185,7 @@ def record_distill(name: str | None = None, profile: str = "large", device=None,
             "student_spec": dict(STUDENT.__dict__), "samples": list(wb["samples"].shape),
             "sample_seconds": wb["sample_seconds"], "curves": {n: r.log for n, r in wb["runs"].items()},
             "run_seconds": {n: r.seconds for n, r in wb["runs"].items()},
-            "teacher_val": evaluate_teacher(teacher, wb["evalset"]), "seconds": time.perf_counter() - t0,
+            "teacher_val": evaluate(teacher, wb["evalset"]), "seconds": time.perf_counter() - t0,
         }
         path = save_result(base, rows, summary=summary, directory=directory, command=f"{command} --part white",
                            description=(f"Chapter 08: students of {summary['student_params']:,} parameters trained "
@@ -208,9 +208,3 @@ def record_distill(name: str | None = None, profile: str = "large", device=None,
                                        "CE and KL to the prefixed teacher), and the encoder (test accuracy, passages/s).")
         print(f"wrote {path}", flush=True)
 
-
-def evaluate_teacher(teacher, evalset) -> dict:
-    """The teacher's own validation loss on the evaluation windows (its KL to itself is 0)."""
-    from .trainer import evaluate
-
-    return evaluate(teacher, evalset)

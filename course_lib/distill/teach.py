@@ -47,10 +47,3 @@ def final_rows(curves: dict[str, list[dict]], baseline: str = "CE on the corpus"
                      "final KL": log[-1].get("val_kl"), "ppl vs CE only": math.exp(best - base)})
     return rows
 
-
-def tokens_to_reach(log: list[dict], loss: float) -> int | None:
-    """Training tokens after which the validation loss first falls to `loss` (None: never)."""
-    for r in log:
-        if r["val_loss"] <= loss:
-            return r["tokens"]
-    return None
