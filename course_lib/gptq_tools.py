@@ -132,15 +132,9 @@ def _check_settings(bits: int, group_size: int, calibration):
 
 def check_tool_calibration(calibration):
     """The calibration as a 2-D LongTensor (n_samples, seq_len) on CPU, for a library to read; or a clear error."""
-    import torch
+    from .tokens import check_token_ids
 
-    if not isinstance(calibration, torch.Tensor):
-        raise TypeError("calibration must be a LongTensor (n_samples, seq_len) of token ids, e.g. "
-                        f"course_lib.tokens.calibration_batches(tokenizer, 128, 256); got {type(calibration).__name__}.")
-    if calibration.ndim != 2 or calibration.numel() == 0 or calibration.dtype not in (torch.int64, torch.int32):
-        raise ValueError(f"calibration must be a non-empty 2-D integer tensor (n_samples, seq_len), got "
-                         f"{calibration.dtype} of shape {tuple(calibration.shape)}.")
-    return calibration.long().cpu()
+    return check_token_ids(calibration).cpu()
 
 
 def _check_dirs(model_dir, out_dir) -> tuple[Path, Path]:

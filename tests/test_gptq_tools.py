@@ -124,7 +124,7 @@ def test_bad_arguments(tmp_path):
     good = torch.zeros(2, 16, dtype=torch.long)
     with pytest.raises(TypeError, match="calibration_batches"):
         gptq_tools.quantize_with_gptqmodel(BUNDLED_DIR, tmp_path / "a", [[1, 2, 3]])
-    with pytest.raises(ValueError, match="2-D integer tensor"):
+    with pytest.raises(ValueError, match=r"2-D \(n_samples, seq_len\)"):
         gptq_tools.quantize_with_llmcompressor(BUNDLED_DIR, tmp_path / "a", torch.zeros(16, dtype=torch.long))
     with pytest.raises(ValueError, match="removed actorder='group'"):
         gptq_tools.quantize_with_llmcompressor(BUNDLED_DIR, tmp_path / "a", good, actorder="group")

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..tokens import check_token_ids
 from .core import GPTQResult, check_gptq_args, gptq_quantize_weight
 from .hessian import HessianAccumulator
 
@@ -102,17 +103,8 @@ def find_blocks(model: nn.Module, what: str = "GPTQ") -> tuple[str, nn.ModuleLis
 
 
 def check_calibration(model: nn.Module, calibration: torch.Tensor) -> None:
-    """Calibration must be a 2-D LongTensor (n, seq) of token ids on the model's device, seq within the context."""
-    if not isinstance(calibration, torch.Tensor):
-        raise TypeError(f"calibration must be a LongTensor (n_samples, seq_len) of token ids, got "
-                        f"{type(calibration).__name__}; build it with "
-                        f"course_lib.tokens.calibration_batches(tok, n, seq).")
-    if calibration.dtype != torch.long:
-        raise TypeError(f"calibration must hold token ids as torch.long, got {calibration.dtype}; "
-                        f"use calibration.long() (token ids, not embeddings or text).")
-    if calibration.dim() != 2 or calibration.numel() == 0:
-        raise ValueError(f"calibration must be 2-D (n_samples, seq_len) and non-empty, got shape "
-                         f"{tuple(calibration.shape)}; stack the samples, e.g. calibration_batches(tok, 128, 256).")
+    """Calibration must be a 2-D tensor (n, seq) of token ids on the model's device, seq within the context."""
+    check_token_ids(calibration)  # a tensor of integer ids, 2-D, not empty
     device = model.get_input_embeddings().weight.device
     if calibration.device != device:
         raise ValueError(f"calibration is on {calibration.device} but the model's embeddings are on {device}; "

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from ..tokens import check_token_ids
 from .structured import attention_shape, decoder_layers, params_per_channel, params_per_kv_group, params_per_query_head
 
 HEAD_METHODS = ("taylor", "magnitude", "attention_mass")
@@ -32,22 +33,8 @@ LEVELS = ("query", "kv_group")
 ElementMaps = dict[nn.Linear, tuple[torch.Tensor, torch.Tensor | None]]
 
 
-def check_calibration(calibration) -> torch.Tensor:
-    """Calibration data must be token ids: an integer tensor (n_samples, seq_len)."""
-    hint = "e.g. course_lib.tokens.calibration_batches(tokenizer, 32, 128)"
-    if not isinstance(calibration, torch.Tensor):
-        raise TypeError(f"calibration must be a tensor of token ids (n_samples, seq_len), {hint}; "
-                        f"got {type(calibration).__name__}.")
-    if calibration.is_floating_point() or calibration.is_complex() or calibration.dtype == torch.bool:
-        raise TypeError(f"calibration must hold integer token ids, {hint}; got dtype {calibration.dtype}.")
-    if calibration.dim() != 2 or calibration.numel() == 0:
-        raise ValueError(f"calibration must be a non-empty 2-D tensor (n_samples, seq_len), {hint}; "
-                         f"got shape {tuple(calibration.shape)}.")
-    return calibration.long()
-
-
 def _batches(model, calibration, batch_size: int) -> Iterator[torch.Tensor]:
-    calibration = check_calibration(calibration)
+    calibration = check_token_ids(calibration)
     device = next(model.parameters()).device
     for i in range(0, len(calibration), batch_size):
         yield calibration[i : i + batch_size].to(device)
@@ -112,7 +99,7 @@ def element_maps(model, method: str, calibration=None, *, batch_size: int = 8) -
         raise ValueError(f"element_maps: method must be 'magnitude' or 'taylor', got {method!r}.")
     if calibration is None:
         raise ValueError("Taylor importance needs calibration token ids (n_samples, seq_len) to compute the loss.")
-    calibration = check_calibration(calibration)
+    calibration = check_token_ids(calibration)
     params = [p for lin in linears for p in (lin.weight, lin.bias) if p is not None]
     grads = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     flags, was_training = [p.requires_grad for p in params], model.training

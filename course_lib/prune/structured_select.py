@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..tokens import check_token_ids
 from .structured import (MODES, attention_shape, block_params, count_params, decoder_layers, prune_heads,
                          prune_mlp_channels)
-from .structured_scores import (HEAD_METHODS, MLP_METHODS, additive, check_calibration, element_maps,
+from .structured_scores import (HEAD_METHODS, MLP_METHODS, additive, element_maps,
                                 head_importance, mlp_importance, per_parameter, unit_params)
 
 TARGETS = ("heads", "mlp", "both")
@@ -172,7 +173,7 @@ def structured_prune(model, calibration=None, *, target: str = "both", ratio: fl
     if calibration is not None or importance != "magnitude":
         if calibration is None:
             raise ValueError(f"importance={importance!r} needs calibration token ids (n_samples, seq_len).")
-        calibration = check_calibration(calibration)
+        calibration = check_token_ids(calibration)
     layers = decoder_layers(model)
     report = StructuredReport(target, mode, importance, scope, float(ratio),
                          layer_params_before=[count_params(layer) for layer in layers],
