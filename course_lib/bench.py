@@ -64,6 +64,37 @@ def median_time(fn, device, reps: int = 30, warmup: int = 5, inner: int = 1) -> 
     return statistics.median(timer(block) for _ in range(reps)) / inner
 
 
+def best_of_interleaved(fns: dict, repeats: int = 5, warmup: int = 1, device=None) -> dict[str, float]:
+    """Best wall time (seconds) of each fn() over `repeats` rounds; every round runs each fn once in turn.
+
+    Interleaving makes a slow patch of a shared machine hurt every candidate alike, and the best of
+    several rounds drops the interruptions. device: a CUDA device to synchronize around each call.
+    """
+    import torch
+
+    if not fns or repeats < 1:
+        raise ValueError("best_of_interleaved needs at least one function and repeats >= 1.")
+    cuda = device is not None and torch.device(device).type == "cuda"
+
+    def once(fn) -> float:
+        if cuda:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            best[name] = min(best[name], once(fn))
+    return best
+
+
 def linear_roofline(
     device,
     *,

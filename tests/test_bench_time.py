@@ -24,3 +24,17 @@ def test_cli_offers_each_method_its_own_tools(capsys):
         bench.main(["awq-time", "--tools", "course_lib-one-pass"])   # a GPTQ-only variant
     assert "invalid choice" in capsys.readouterr().err
     assert set(bench.TIME_TOOLS) == {"gptq", "awq"} and "course_lib" in bench.AWQ_TOOLS
+
+
+def test_best_of_interleaved_runs_in_turn_and_keeps_the_best():
+    import time
+
+    from course_lib.bench import best_of_interleaved
+
+    calls = []
+    fns = {"fast": lambda: calls.append("fast"), "slow": lambda: (calls.append("slow"), time.sleep(0.01))}
+    best = best_of_interleaved(fns, repeats=3, warmup=1)
+    assert calls == ["fast", "slow"] + ["fast", "slow"] * 3  # warm-up, then interleaved rounds
+    assert best["slow"] >= 0.01 > best["fast"]
+    with pytest.raises(ValueError, match="repeats"):
+        best_of_interleaved(fns, repeats=0)

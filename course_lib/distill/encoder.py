@@ -220,38 +220,26 @@ def train_classifier(model, task: PassageTask, *, steps: int, batch_size: int = 
     return run
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_models(models: dict, ids: torch.Tensor, batch_size: int = 64, repeats: int = 5) -> dict[str, float]:
-    """Passages per second of each model's forward pass over `ids` (best of `repeats`).
+    """Passages per second of each model's forward pass over `ids`: best of `repeats` interleaved rounds
+    (course_lib.bench.best_of_interleaved), after one untimed warm-up pass per model."""
+    from ..bench import best_of_interleaved
 
-    Interleaved: each repeat times every model once in turn, so a slow patch of the machine
-    hurts all models alike. One untimed warm-up pass per model first.
-    """
     if not models or repeats < 1:
         raise ValueError("time_models needs at least one model and repeats >= 1.")
 
-    def one_pass(model) -> float:
+    def one_pass(model):
         device = _device(model)
-        _synchronize(device)
-        start = time.perf_counter()
         with torch.no_grad(), _autocast(device):
             for i in range(0, len(ids), batch_size):
                 _logits(model, ids[i: i + batch_size].to(device))
-        _synchronize(device)
-        return time.perf_counter() - start
 
     modes = {name: m.training for name, m in models.items()}
     for model in models.values():
         model.eval()
-        one_pass(model)  # warm-up
-    best = {name: float("inf") for name in models}
-    for _ in range(repeats):
-        for name, model in models.items():
-            best[name] = min(best[name], one_pass(model))
+    device = _device(next(iter(models.values())))
+    best = best_of_interleaved({name: (lambda m=m: one_pass(m)) for name, m in models.items()}, repeats=repeats,
+                               device=device)
     for name, model in models.items():
         model.train(modes[name])
     return {name: len(ids) / seconds for name, seconds in best.items()}
