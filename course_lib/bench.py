@@ -8,7 +8,7 @@
     python -m course_lib.bench attention [--name ...]
     python -m course_lib.bench sparse24 [--name ...]
     python -m course_lib.bench prune-sweep [--threads 1] [--name ...]     (CPU: chapter 07's perplexity sweep)
-    python -m course_lib.bench distill [--profile large] [--part all|white|extras] [--name ...]  (chapter 08)
+    python -m course_lib.bench distill [--profile large] [--part all|white|extras|encoder] [--name ...]  (chapter 08)
 
 Timing follows the usual GPU rules: warm-up first, CUDA events around many repetitions, the
 median reported, and enough distinct weight matrices in rotation that the 50 MB L2 cache of an
@@ -481,8 +481,10 @@ def main(argv: list[str] | None = None) -> int:
                         "teacher's text), context distillation, the encoder, and the compression table")
     ds.add_argument("--profile", default="large", choices=["small", "medium", "large"])
     ds.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
-    ds.add_argument("--part", default="all", choices=["all", "white", "extras"],
-                    help="white: the four students and the compression table; extras: the rest")
+    ds.add_argument("--part", default="all", choices=["all", "white", "extras", "encoder"],
+                    help="white: the four students and the compression table; extras: decoding, context distillation, "
+                         "the encoder; encoder: the encoder experiment over --seeds")
+    ds.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of --part encoder")
     ds.add_argument("--name", default=None, help="result file name (default: <device>_distill[_extras])")
     args = parser.parse_args(argv)
     try:
@@ -511,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.bench == "distill":
             from .distill.experiments import record_distill
 
-            record_distill(args.name, profile=args.profile, device=args.device, part=args.part)
+            record_distill(args.name, profile=args.profile, device=args.device, part=args.part,
+                           seeds=tuple(args.seeds))
         elif args.bench in ("gptq-time", "awq-time"):
             record_quant_time(args.bench.split("-")[0], args.device, tuple(args.bits), tuple(args.tools), args.threads,
                               args.repeats, args.name)

@@ -154,10 +154,11 @@ def compression_rows(teacher, tokenizer, students: dict, *, calibration: torch.T
 
 
 def record_distill(name: str | None = None, profile: str = "large", device=None, progress: bool = True,
-                   directory=None, part: str = "all") -> None:
+                   directory=None, part: str = "all", seeds: tuple[int, ...] = (0, 1, 2)) -> None:
     """Run a profile (the large one on a GPU) and save it in data/results/: part "white" (the four students and
     the compression table) to <device>_distill.json, part "extras" (decoding, context distillation, the
-    encoder) to <device>_distill_extras.json; "all" does both."""
+    encoder) to <device>_distill_extras.json, part "encoder" (the encoder experiment once per seed in
+    `seeds`) to <device>_distill_encoder.json; "all" does all three."""
     from ..bench import device_slug
     from ..env import choose_device
     from ..models import load_model
@@ -166,8 +167,8 @@ def record_distill(name: str | None = None, profile: str = "large", device=None,
     from .encoder import run_encoder_experiment
     from .incontext import context_experiment
 
-    if part not in ("all", "white", "extras"):
-        raise ValueError(f"part must be 'all', 'white' or 'extras', got {part!r}.")
+    if part not in ("all", "white", "extras", "encoder"):
+        raise ValueError(f"part must be 'all', 'white', 'extras' or 'encoder', got {part!r}.")
     device = choose_device(device)
     base = name or ("cpu" if device.type == "cpu" else device_slug()) + "_distill"
     prof = PROFILES[profile]
@@ -200,11 +201,28 @@ def record_distill(name: str | None = None, profile: str = "large", device=None,
         rows += [{"experiment": "encoder", **r} for r in enc["rows"]]
         summary = {"profile": profile, "decoding": greedy_vs_sampled(teacher, tok),
                    "context": {"losses": ctx["losses"], "settings": prof["context"], "seconds": ctx["seconds"]},
-                   "encoder": {"task": enc["task"], "seconds": enc["seconds"], "settings": prof["encoder"],
+                   "encoder": {"task": enc["task"], "seconds": enc["seconds"], "settings": _jsonable(prof["encoder"]),
                                "logs": {n: r.log for n, r in enc["runs"].items()}},
                    "seconds": time.perf_counter() - t0}
         path = save_result(f"{base}_extras", rows, summary=summary, directory=directory, command=f"{command} --part extras",
                            description="Chapter 08: greedy vs sampled teacher text, context distillation (held-out "
                                        "CE and KL to the prefixed teacher), and the encoder (test accuracy, passages/s).")
         print(f"wrote {path}", flush=True)
+    if part in ("all", "encoder"):
+        rows = []
+        for seed in seeds:  # a new task shuffle, initialisation and batch order per seed
+            enc = run_encoder_experiment(tok, device=device, progress=progress, **{**prof["encoder"], "seed": seed})
+            rows += [{"seed": seed, **r} for r in enc["rows"]]
+        path = save_result(f"{base}_encoder", rows, directory=directory, command=f"{command} --part encoder",
+                           summary={"profile": profile, "seeds": list(seeds), "settings": _jsonable(prof["encoder"]),
+                                    "task": enc["task"]},
+                           description="Chapter 08: the encoder experiment (teacher, then three half-depth students) "
+                                       "once per seed: test accuracy and passages/s.")
+        print(f"wrote {path}", flush=True)
 
+
+def _jsonable(settings: dict) -> dict:
+    """Profile settings for a result file (dataclasses such as EncoderSpec as dicts)."""
+    from dataclasses import asdict, is_dataclass
+
+    return {k: asdict(v) if is_dataclass(v) else v for k, v in settings.items()}
