@@ -116,6 +116,16 @@ def warmup_cosine(step: int, lr: float, warmup: int, decay_end: int, min_lr_rati
     return lr * (min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
+def adamw(params, lr: float, weight_decay: float, *, betas=(0.9, 0.95), fused: bool = False):
+    """AdamW with weight decay on the matrices only (biases and norm weights, ndim < 2, are not decayed)."""
+    import torch
+
+    params = list(params)
+    return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
+                             lr=lr, betas=betas, fused=True if fused else None)  # None: torch's default path
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """The recipe's schedule: warm-up to cfg.lr, then cosine decay to cfg.lr * min_lr_ratio at cfg.steps."""
     return warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
@@ -179,11 +189,7 @@ def train(spec: ModelSpec, cfg: TrainConfig, device=None, *, out_dir: Path | Non
     if spec.linear_multiple:
         check_dims(model, spec.linear_multiple)
     params = sum(p.numel() for p in model.parameters())
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95),
-                            fused=device.type == "cuda")
+    opt = adamw(model.parameters(), cfg.lr, cfg.weight_decay, fused=device.type == "cuda")
     gen = torch.Generator().manual_seed(cfg.seed)
     log: list[dict] = []
     best = (math.inf, -1, None)

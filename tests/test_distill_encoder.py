@@ -14,7 +14,7 @@ from course_lib.distill.encoder import (DISTILBERT_PUBLISHED, ENCODER_PROFILES, 
                                         available_titles, half_depth_student, layer_param_count, new_encoder,
                                         param_count, passage_task, run_encoder_experiment, time_models,
                                         train_classifier)
-from course_lib.distill.encoder_task import _work_tokens
+from course_lib.distill.encoder_task import work_tokens
 from course_lib.models import load_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -49,7 +49,7 @@ def test_task_is_balanced_labelled_and_prefixed_with_cls(tok):
         counts = torch.bincount(labels, minlength=len(WORKS))
         assert len(counts) == len(WORKS) and (counts == counts[0]).all() and counts[0] > 0
     # the smallest work sets the count of every class
-    smallest = min(len(_work_tokens(tok, t)) for t in WORKS)
+    smallest = min(len(work_tokens(tok, t)) for t in WORKS)
     assert int(torch.bincount(task.train_labels)[0]) == int(smallest * 0.85) // 64
     assert task.sizes()["chance"] == pytest.approx(1 / 6)
 
@@ -58,7 +58,7 @@ def test_test_passages_come_from_the_unseen_end_of_each_work(tok):
     length = 32
     task = passage_task(tok, EASY, length=length)
     for label, title in enumerate(EASY):
-        tokens = _work_tokens(tok, title)
+        tokens = work_tokens(tok, title)
         cut = int(len(tokens) * 0.85)
         head, tail = _windows_of(tokens[:cut], length), _windows_of(tokens[cut:], length)
         train = {tuple(r[1:].tolist()) for r in task.train_ids[task.train_labels == label]}

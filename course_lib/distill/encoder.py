@@ -23,9 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from ..gptq.model import block_progress
-from ..train import _autocast, warmup_cosine
+from ..train import _autocast, adamw, warmup_cosine
 from .encoder_task import WORKS, PassageTask, available_titles, passage_task
 from .loss import distillation_loss
+from .student import param_count  # embeddings included, as the DistilBERT paper counts them
 
 __all__ = ["WORKS", "PassageTask", "available_titles", "passage_task", "EncoderSpec", "new_encoder",
            "param_count", "layer_param_count", "half_depth_student", "ClassifierRun", "train_classifier",
@@ -66,11 +67,6 @@ def new_encoder(spec: EncoderSpec, vocab_size: int, n_classes: int, max_position
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return BertForSequenceClassification(config)
-
-
-def param_count(model: torch.nn.Module) -> int:
-    """Number of parameters (embeddings included, as the DistilBERT paper counts them)."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def layer_param_count(model) -> int:
@@ -184,10 +180,7 @@ def train_classifier(model, task: PassageTask, *, steps: int, batch_size: int = 
         teacher.eval()
     torch.manual_seed(seed)  # dropout masks
     gen = torch.Generator().manual_seed(seed)  # batch order
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr)
+    opt = adamw(model.parameters(), lr, 0.01, betas=(0.9, 0.999))  # BERT's AdamW settings
     warmup = max(1, steps // 10)
     run = ClassifierRun()
     running, count = torch.zeros((), device=device), 0  # train loss summed since the last log row

@@ -51,18 +51,22 @@ class PassageTask:
 
 @functools.lru_cache(maxsize=1)
 def _works() -> dict[str, str]:
-    """Title -> text of the corpus's train split (read once)."""
-    return dict(list_documents("train"))
+    """Title -> text of every work in the corpus, all splits (read once)."""
+    return {title: text for split in ("train", "validation", "test", "calibration")
+            for title, text in list_documents(split)}
 
 
 def available_titles() -> tuple[str, ...]:
-    """The titles passage_task accepts."""
+    """The titles passage_task and work_tokens accept."""
     return tuple(_works())
 
 
 @functools.lru_cache(maxsize=128)
-def _work_tokens(tokenizer, title: str) -> tuple[int, ...]:
+def work_tokens(tokenizer, title: str) -> tuple[int, ...]:
     """The token ids of one work (cached per tokenizer and title: tokenizing is the slow part)."""
+    if title not in _works():
+        raise ValueError(f"No work titled {title!r} in the course corpus. Available titles: "
+                         f"{', '.join(available_titles())}.")
     return tuple(tokenizer(_works()[title], add_special_tokens=False)["input_ids"])
 
 
@@ -110,7 +114,7 @@ def passage_task(tokenizer, works: tuple[str, ...] | list[str] = WORKS, length: 
     cls_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else 0
     train_parts, test_parts = [], []
     for title in works:
-        tokens = _work_tokens(tokenizer, title)
+        tokens = work_tokens(tokenizer, title)
         cut = int(len(tokens) * (1 - test_fraction))  # split by position: the test part is unseen text
         train_w, test_w = _windows(tokens[:cut], length, cls_id), _windows(tokens[cut:], length, cls_id)
         if len(train_w) == 0 or len(test_w) == 0:

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..corpus import list_documents
 from ..env import seed_everything
 from ..gptq.model import block_progress
 from ..train import _autocast, warmup_cosine
+from .encoder_task import work_tokens
 from .loss import soft_kl
 
 
@@ -33,14 +33,6 @@ class ContextTask:
     test: torch.Tensor  # (m, L) windows from its held-out end
 
 
-def _work_tokens(tokenizer, title: str) -> list[int]:
-    for split in ("calibration", "test", "validation", "train"):
-        for doc_title, text in list_documents(split):
-            if doc_title == title:
-                return tokenizer(text)["input_ids"]
-    raise ValueError(f"No work titled {title!r} in the course corpus; see course_lib.corpus.list_documents(split).")
-
-
 def context_task(tokenizer, title: str = "The Merchant of Venice", other: str = "Paradise Lost", *,
                  prefix_tokens: int = 128, window: int = 64, n_train: int = 64, n_test: int = 32,
                  test_fraction: float = 0.2) -> ContextTask:
@@ -49,7 +41,7 @@ def context_task(tokenizer, title: str = "The Merchant of Venice", other: str = 
     The prefix is `prefix_tokens` tokens from the middle of the work's train part (the start is a title
     page and a cast list); the training windows are the rest of the train part, so none overlaps it.
     """
-    ids = torch.tensor(_work_tokens(tokenizer, title))
+    ids = torch.tensor(work_tokens(tokenizer, title))
     cut = int(len(ids) * (1 - test_fraction))
     head, tail = ids[:cut], ids[cut:]
     need_train, need_test = prefix_tokens + n_train * window, n_test * window
@@ -61,7 +53,7 @@ def context_task(tokenizer, title: str = "The Merchant of Venice", other: str = 
     rest = torch.cat([head[mid + prefix_tokens :], head[:mid]])
     train = rest[: n_train * window].view(n_train, window)
     test = tail[:need_test].view(n_test, window)
-    other_ids = torch.tensor(_work_tokens(tokenizer, other))
+    other_ids = torch.tensor(work_tokens(tokenizer, other))
     other_mid = len(other_ids) // 2
     return ContextTask(title, prefix, other_ids[other_mid : other_mid + prefix_tokens], train, test)
 

@@ -24,8 +24,9 @@ import torch
 from ..env import seed_everything
 from ..gptq.model import block_progress
 from ..tokens import random_windows
-from ..train import _autocast, warmup_cosine
+from ..train import _autocast, adamw, warmup_cosine
 from .loss import IGNORE_INDEX, distillation_loss, next_token_labels
+from .student import param_count
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (input_ids, labels aligned with the logits)
 
@@ -159,12 +160,8 @@ def train_student(student, source: Callable[[torch.Generator], Batch], cfg: Dist
         teacher.eval()  # frozen: its forward runs under no_grad below
     seed_everything(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    decay = [p for p in student.parameters() if p.ndim >= 2]
-    no_decay = [p for p in student.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95),
-                            fused=device.type == "cuda")
-    run = DistillRun(name=name, config=asdict(cfg), params=sum(p.numel() for p in student.parameters()), seconds=0.0)
+    opt = adamw(student.parameters(), cfg.lr, cfg.weight_decay, fused=device.type == "cuda")
+    run = DistillRun(name=name, config=asdict(cfg), params=param_count(student), seconds=0.0)
     start, count = time.perf_counter(), 0
     running = torch.zeros((), device=device)  # summed on the device: no host sync per step
 

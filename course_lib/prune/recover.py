@@ -25,7 +25,7 @@ from torch import nn
 
 from ..env import seed_everything
 from ..tokens import random_windows, token_stream
-from ..train import _autocast, evaluate_loss, warmup_cosine
+from ..train import _autocast, adamw, evaluate_loss, warmup_cosine
 from .structured import decoder_layers
 
 
@@ -123,10 +123,7 @@ def recover(model, tokenizer, *, steps: int = 100, lr: float | None = None, batc
             p.requires_grad_(True)
     else:
         params = add_lora(model, lora_rank, lora_alpha, seed)
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+    opt = adamw(params, lr, weight_decay)
     warmup = max(1, steps // 10) if warmup is None else warmup
     gen = torch.Generator().manual_seed(seed)
     was_training, losses = model.training, []
