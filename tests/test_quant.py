@@ -12,6 +12,7 @@ from course_lib.quant import (
     broadcast_scale,
     dequantize,
     fake_quantize,
+    grid_name,
     qrange,
     quant_error,
     quantize,
@@ -261,3 +262,18 @@ def test_gptq_grid_uses_every_code_and_stays_within_half_a_step():
         quantize(w, 4, restricted=True, gptq_grid=True)
     asym = dict(symmetric=False, granularity="channel")
     assert torch.equal(fake_quantize(w, 3, gptq_grid=True, **asym), fake_quantize(w, 3, **asym))
+
+
+def test_grid_names_match_the_codes_each_grid_reaches():
+    """grid_name states the codes a grid really uses: checked against quantize on a random matrix."""
+    w = torch.randn(32, 128, generator=torch.Generator().manual_seed(1))
+    for bits in (2, 3, 4, 8):
+        for kw in ({}, {"restricted": True}, {"gptq_grid": True}, {"symmetric": False}):
+            name = grid_name(bits, **kw)
+            lo, hi = (int(x) for x in name[name.index("[") + 1:-1].split(","))
+            q = quantize(w, bits, granularity="group", group_size=32, **kw).q
+            assert (int(q.min()), int(q.max())) == (lo, hi), (name, int(q.min()), int(q.max()))
+    assert grid_name(4) == "restricted symmetric [-7, 7]" and grid_name(4, gptq_grid=True) == "GPTQ's grid [-8, 7]"
+    assert grid_name(4, symmetric=False) == "asymmetric [0, 15]"
+    with pytest.raises(ValueError, match="restricted"):
+        grid_name(4, restricted=True, gptq_grid=True)

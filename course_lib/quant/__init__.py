@@ -1,6 +1,6 @@
 """Quantization primitives shared by every chapter.
 
-    affine  quantize / dequantize / fake_quantize / quant_error, QTensor, qrange
+    affine  quantize / dequantize / fake_quantize / quant_error, QTensor, qrange, grid_name
     pack    pack_int4 / unpack_int4, to_unsigned / to_signed
     fake    round_ste, fake_quantize_ste, FakeQuantLinear, attach_fake_quant / detach_fake_quant (QAT)
     rtn     quantize_model_rtn: round-to-nearest weight-only quantization of a model
@@ -14,6 +14,7 @@ from .affine import (
     broadcast_scale,
     dequantize,
     fake_quantize,
+    grid_name,
     qrange,
     quant_error,
     quantize,
@@ -33,6 +34,7 @@ __all__ = [
     "detach_fake_quant",
     "fake_quantize",
     "fake_quantize_ste",
+    "grid_name",
     "pack_int4",
     "qrange",
     "quant_error",

@@ -52,6 +52,24 @@ def qrange(bits: int, symmetric: bool, *, restricted: bool = False) -> tuple[int
     return (-qmax if restricted else -qmax - 1), qmax
 
 
+def grid_name(bits: int, symmetric: bool = True, *, restricted: bool = False, gptq_grid: bool = False) -> str:
+    """The name the course prints for an RTN grid, so that every table says which grid it used.
+
+    grid_name(4)                   'restricted symmetric [-7, 7]'  s = max|w| / 7 (the default: -8 is never reached)
+    grid_name(4, gptq_grid=True)   "GPTQ's grid [-8, 7]"           s = 2 max|w| / 15, every code used
+    grid_name(4, symmetric=False)  'asymmetric [0, 15]'            s = (max - min) / 15 plus a zero point
+    """
+    _check_bits(bits)
+    if gptq_grid and restricted:
+        raise ValueError("gptq_grid uses the full grid [-2^(b-1), 2^(b-1)-1]; it can't be restricted.")
+    if not symmetric:
+        return f"asymmetric [0, {2**bits - 1}]"
+    h = 2 ** (bits - 1)
+    if gptq_grid:
+        return f"GPTQ's grid [{-h}, {h - 1}]"
+    return f"restricted symmetric [{-(h - 1)}, {h - 1}]"  # restricted or not: -h is never reached
+
+
 def _check_bits(bits: int) -> None:
     if isinstance(bits, bool) or not isinstance(bits, int):
         raise TypeError(f"bits must be an int from 2 to 8, got {bits!r} ({type(bits).__name__}).")
