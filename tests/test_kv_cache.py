@@ -14,12 +14,20 @@ TOL = dict(rtol=1e-5, atol=1e-5)
 
 @pytest.fixture(scope="module")
 def bundled():
+    """The bundled model in float32 on the default device: on a GPU machine these tests run on the GPU,
+    so every input below is put on the model's device (CPU-made token ids on a CUDA model fail in the
+    embedding's index_select)."""
     model, tok = load_model(dtype=torch.float32)
     return model, tok, CourseDecoder.from_hf(model)
 
 
-def ids(batch=2, length=33, seed=0):
-    return torch.randint(1, 4096, (batch, length), generator=torch.Generator().manual_seed(seed))
+def tol(model):
+    """float32 on a GPU sums in other orders (and SDPA vs our attention): a looser tolerance there."""
+    return TOL if model.device.type == "cpu" else dict(rtol=1e-4, atol=1e-4)
+
+
+def ids(batch=2, length=33, seed=0, device="cpu"):
+    return torch.randint(1, 4096, (batch, length), generator=torch.Generator().manual_seed(seed)).to(device)
 
 
 def stepwise(decoder, x, prefill):
@@ -31,9 +39,9 @@ def stepwise(decoder, x, prefill):
 
 def test_course_decoder_equals_transformers(bundled):
     model, _, dec = bundled
-    x = ids()
+    x = ids(device=model.device)
     with torch.no_grad():
-        torch.testing.assert_close(dec(x).logits, model(input_ids=x).logits, **TOL)
+        torch.testing.assert_close(dec(x).logits, model(input_ids=x).logits, **tol(model))
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
@@ -47,31 +55,31 @@ def test_course_decoder_other_architectures(arch):
 
 @pytest.mark.parametrize("prefill", [1, 10, 32])
 def test_prefill_then_decode_equals_full_forward_course(bundled, prefill):
-    _, _, dec = bundled
-    x = ids()
+    model, _, dec = bundled
+    x = ids(device=model.device)
     with torch.no_grad():
         step, cache = stepwise(dec, x, prefill)
-        torch.testing.assert_close(step, dec(x).logits, **TOL)
+        torch.testing.assert_close(step, dec(x).logits, **tol(model))
     assert cache.seq_len() == x.shape[1]
     assert cache.nbytes() == 2 * 8 * 2 * 2 * 64 * x.shape[1] * 4  # K,V x layers x batch x kv heads x d x T x fp32
 
 
 def test_prefill_then_decode_equals_full_forward_transformers(bundled):
     model, _, _ = bundled
-    x = ids()
+    x = ids(device=model.device)
     with torch.no_grad():
         out = model(input_ids=x[:, :10], use_cache=True)
         parts = [out.logits]
         for t in range(10, x.shape[1]):
             out = model(input_ids=x[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
             parts.append(out.logits)
-        torch.testing.assert_close(torch.cat(parts, 1), model(input_ids=x).logits, **TOL)
+        torch.testing.assert_close(torch.cat(parts, 1), model(input_ids=x).logits, **tol(model))
 
 
 def test_rope_positions_matter(bundled):
     """Decoding the new token at position 0 (the seed's bug) changes the logits."""
-    _, _, dec = bundled
-    x = ids(1, 12)
+    model, _, dec = bundled
+    x = ids(1, 12, device=model.device)
     with torch.no_grad():
         full = dec(x).logits[:, -1]
         alone = dec(x[:, -1:]).logits[:, -1]  # no cache: position 0 and nothing to attend to
@@ -80,7 +88,7 @@ def test_rope_positions_matter(bundled):
 
 def test_generate_same_tokens_with_and_without_cache_and_library(bundled):
     model, tok, dec = bundled
-    batch = tok(["To be, or not to be", "My lord"], return_tensors="pt", padding=True, padding_side="left")
+    batch = tok(["To be, or not to be", "My lord"], return_tensors="pt", padding=True, padding_side="left").to(model.device)
     runs = [generate(m, batch.input_ids, 12, use_cache=c, attention_mask=batch.attention_mask).tokens
             for m in (model, dec) for c in (True, False)]
     ref = model.generate(**batch, max_new_tokens=12, do_sample=False, pad_token_id=0, eos_token_id=None)
@@ -89,18 +97,18 @@ def test_generate_same_tokens_with_and_without_cache_and_library(bundled):
 
 
 def test_left_padded_batch_equals_rows_alone(bundled):
-    _, tok, dec = bundled
+    model, tok, dec = bundled
     prompts = ["To be, or not to be", "My lord"]
-    batch = tok(prompts, return_tensors="pt", padding=True, padding_side="left")
+    batch = tok(prompts, return_tensors="pt", padding=True, padding_side="left").to(model.device)
     together = generate(dec, batch.input_ids, 10, attention_mask=batch.attention_mask).tokens[:, -10:]
     for i, p in enumerate(prompts):
-        alone = generate(dec, tok(p, return_tensors="pt").input_ids, 10).tokens[:, -10:]
+        alone = generate(dec, tok(p, return_tensors="pt").input_ids.to(model.device), 10).tokens[:, -10:]
         assert torch.equal(alone[0], together[i])
 
 
 def test_generate_stops_at_eos_per_row(bundled):
-    _, _, dec = bundled
-    x = ids(2, 5)
+    model, _, dec = bundled
+    x = ids(2, 5, device=model.device)
     free = generate(dec, x, 8).tokens[:, 5:]
     eos = int(free[0, 2])  # row 0 emits it at step 2
     g = generate(dec, x, 8, eos_token_id=eos, pad_token_id=0)

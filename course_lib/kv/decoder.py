@@ -122,17 +122,24 @@ class CourseDecoder(nn.Module):
         return cls(inner.embed_tokens, blocks, norm, model.lm_head, c).eval()
 
     def forward(self, input_ids: torch.Tensor, *, cache: KVCache | None = None,
-                attention_mask: torch.Tensor | None = None, kv_hook=None) -> DecoderOutput:
+                attention_mask: torch.Tensor | None = None, kv_hook=None,
+                logits_to_keep: int | None = None) -> DecoderOutput:
         """Logits (B, T, V) for the new tokens `input_ids` (B, T).
 
         cache: appended to in place (prefill, then one token per decode step).
         attention_mask: (B, cached + T), 0 marks left padding.
         kv_hook: replaces the attention call in every layer, e.g. to simulate a quantized cache.
+        logits_to_keep: compute the logits of the last k positions only (generation needs 1).
         """
+        if input_ids.device != self.embed.weight.device:
+            raise ValueError(f"input_ids are on {input_ids.device} but the model's weights on "
+                             f"{self.embed.weight.device}; move them first: input_ids.to({str(self.embed.weight.device)!r}).")
         b, t = input_ids.shape
         positions = positions_for(t, cache, attention_mask, b, input_ids.device)
         x = self.embed(input_ids)
         for i, block in enumerate(self.blocks):
             hook = None if kv_hook is None else (lambda q, k, v, m, i=i: kv_hook(i, q, k, v, m))
             x = block(x, positions, cache, i, attention_mask, hook)
+        if logits_to_keep is not None:
+            x = x[:, -logits_to_keep:]
         return DecoderOutput(logits=self.lm_head(self.norm(x)))

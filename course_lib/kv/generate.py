@@ -40,10 +40,11 @@ def _forward(model, ids, mask, cache, use_cache: bool):
     """Logits of the last position and the updated cache, for either kind of model."""
     if isinstance(model, CourseDecoder):
         if use_cache:
-            return model(ids, cache=cache, attention_mask=mask).logits[:, -1], cache
-        return model(ids, attention_mask=mask).logits[:, -1], None
+            return model(ids, cache=cache, attention_mask=mask, logits_to_keep=1).logits[:, -1], cache
+        return model(ids, attention_mask=mask, logits_to_keep=1).logits[:, -1], None
     pos = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1]:]
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=use_cache)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, past_key_values=cache, use_cache=use_cache,
+                logits_to_keep=1)
     return out.logits[:, -1], (out.past_key_values if use_cache else None)
 
 
@@ -55,13 +56,15 @@ def generate(model, input_ids: torch.Tensor, max_new_tokens: int, *, use_cache: 
 
     use_cache=False recomputes the whole sequence at every step (the seed's "without KV cache").
     cache_factory: for a CourseDecoder, builds the cache (default: the plain ``KVCache``).
+    The prompt (and its mask) are moved to the model's device, where the tokens are returned.
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}.")
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}; "
                          "add a batch dimension with input_ids[None].")
-    device = input_ids.device
+    device = next(model.parameters()).device  # a tokenizer's tensors are on the CPU; the model may not be
+    input_ids = input_ids.to(device)
     mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and input_ids.shape[1] + max_new_tokens > limit:

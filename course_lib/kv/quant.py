@@ -229,7 +229,7 @@ class QuantizedCache:
         self.lengths[layer] += k.shape[2]
         if sc.kind == "fp8":
             ks, vs = sc.scale(layer, 0), sc.scale(layer, 1)
-            st.setdefault("scales", torch.tensor([ks, vs], dtype=torch.float32))
+            st.setdefault("scales", torch.tensor([ks, vs], dtype=torch.float32, device=k.device))
             self._cat(st, "k", fp8_quantize(k, sc.fmt, ks), 2)
             self._cat(st, "v", fp8_quantize(v, sc.fmt, vs), 2)
             return fp8_dequantize(st["k"], ks, k.dtype), fp8_dequantize(st["v"], vs, v.dtype)
