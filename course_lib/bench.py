@@ -4,7 +4,7 @@
     python -m course_lib.bench prefill-decode [--name h100_prefill_decode]
     python -m course_lib.bench gptq-time [--device cpu|cuda] [--tools ...] [--bits 4 3] [--threads 2]
     python -m course_lib.bench awq-time [--device cpu|cuda] [--tools ...] [--bits 4] [--threads 2]
-    python -m course_lib.bench kv-decode [--device cpu|cuda] [--threads 2] [--name ...]
+    python -m course_lib.bench kv-decode [--device cpu|cuda] [--model tiny] [--threads 2] [--name ...]
     python -m course_lib.bench attention [--name ...]
     python -m course_lib.bench sparse24 [--name ...]
     python -m course_lib.bench prune-sweep [--threads 1] [--name ...]     (CPU: chapter 07's perplexity sweep)
@@ -466,8 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     kv = sub.add_parser("kv-decode", help="time per decode step against position, with/without the KV cache")
     kv.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
     kv.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    kv.add_argument("--model", default="course-model", choices=["course-model", "llama-1b-shape"],
-                    help="the bundled model, or random weights in Llama-3.2-1B's shapes (GPU only)")
+    kv.add_argument("--model", default=None, choices=["course-model", "llama-1b-shape", "tiny"],
+                    help="default: the bundled model on cpu (eager); random weights in Llama-3.2-1B's shapes on "
+                         "cuda (CUDA graphs); tiny: the GPU benchmark's code at toy sizes (a smoke test)")
     kv.add_argument("--name", default=None, help="result file name (default: <device>_kv_decode)")
     at = sub.add_parser("attention", help="attention forward: naive, SDPA backends and the course Triton kernel")
     at.add_argument("--name", default=None, help="result file name (default: <gpu>_attention)")
