@@ -104,7 +104,7 @@ def test_static_step_rows_and_fits_on_cpu(dec):
     rows = static_step_rows(dec, "tiny", plan, (8, 16, 32), budget_s=0.01, min_reps=3, verbose=False)
     assert len(rows) == len(plan) * 3
     assert {k for r in rows for k in r} == {"model", "mode", "batch", "graph", "context", "ms", "ms_q1", "ms_q3",
-                                           "reps", "kv_bytes"}
+                                           "reps", "kv_bytes", "sdpa"}
     assert all(r["ms_q1"] <= r["ms"] <= r["ms_q3"] and r["reps"] >= 3 for r in rows)
     fits = decode_fits(rows)
     assert len(fits) == len(plan) and all(f["points"] == 3 for f in fits)

@@ -150,10 +150,11 @@ def _sdpa_backend_context(device: torch.device):
 
 @torch.no_grad()
 def time_step(step, device, *, graph: bool, budget_s: float = 0.5, min_reps: int = 5, max_reps: int = 200,
-              warmup: int = 3) -> dict:
+              warmup: int = 2) -> dict:
     """Median milliseconds of step() (and its quartiles) over as many repetitions as fit in `budget_s`,
-    at least `min_reps`. graph=True (CUDA only) records step once as a CUDA graph and times replays:
-    the GPU's time without the host's launch overhead."""
+    at least `min_reps`, after `warmup` untimed calls and one timed call that sets the count.
+    graph=True (CUDA only) records step once as a CUDA graph and times replays: the GPU's time
+    without the host's launch overhead."""
     device = torch.device(device)
     cuda = device.type == "cuda"
     if graph and not cuda:
@@ -184,8 +185,10 @@ def time_step(step, device, *, graph: bool, budget_s: float = 0.5, min_reps: int
         run()
         return (time.perf_counter() - t0) * 1e3
 
-    for _ in range(warmup):
-        first = once()
+    if not graph:
+        for _ in range(warmup):
+            run()
+    first = once()
     reps = max(min_reps, min(max_reps, int(budget_s * 1e3 / max(first, 1e-3))))
     samples = sorted(once() for _ in range(reps))
     q1, med, q3 = statistics.quantiles(samples, n=4) if reps > 1 else (samples[0],) * 3
@@ -194,9 +197,10 @@ def time_step(step, device, *, graph: bool, budget_s: float = 0.5, min_reps: int
 
 def static_step_rows(decoder: CourseDecoder, label: str, plan=GPU_PLAN, contexts=GPU_CONTEXTS, *,
                      budget_s: float = 0.5, min_reps: int = 5, verbose: bool = True) -> list[dict]:
-    """Rows {model, mode, batch, graph, context, ms, ms_q1, ms_q3, reps, kv_bytes}: one step per context.
+    """Rows {model, mode, batch, graph, context, ms, ms_q1, ms_q3, reps, kv_bytes, sdpa}: one step per context.
 
     plan: (mode, batch, graph) triples. kv_bytes: the keys and values cached for that step, as stored.
+    sdpa: the attention backend ("flash" on CUDA unless it failed, then PyTorch's "default").
     """
     device = decoder.embed.weight.device
     rows = []
@@ -204,10 +208,18 @@ def static_step_rows(decoder: CourseDecoder, label: str, plan=GPU_PLAN, contexts
         t0 = time.perf_counter()
         for context in contexts:
             step = step_function(decoder, mode, batch, context)
-            with _sdpa_backend_context(device):
+            sdpa = "flash" if device.type == "cuda" else "default"
+            try:
+                with _sdpa_backend_context(device):
+                    timing = time_step(step, device, graph=graph, budget_s=budget_s, min_reps=min_reps)
+            except RuntimeError as exc:  # no flash kernel for this case: PyTorch's own choice, and say so
+                if sdpa != "flash":
+                    raise
+                print(f"  flash SDPA failed ({str(exc).splitlines()[0][:120]}); default backend", flush=True)
+                step, sdpa = step_function(decoder, mode, batch, context), "default"
                 timing = time_step(step, device, graph=graph, budget_s=budget_s, min_reps=min_reps)
             rows.append({"model": label, "mode": mode, "batch": batch, "graph": graph, "context": context, **timing,
-                         "kv_bytes": kv_bytes(decoder.config, batch, context, STATIC_MODES[mode])})
+                         "kv_bytes": kv_bytes(decoder.config, batch, context, STATIC_MODES[mode]), "sdpa": sdpa})
             del step
             if device.type == "cuda":
                 torch.cuda.empty_cache()  # each graph keeps its own memory pool; free it before the next
@@ -315,20 +327,22 @@ def record_kv_decode(name: str | None = None, *, device: str = "cuda", threads: 
         net = llama_1b_shape("cuda", torch.bfloat16)
         plan, contexts, budget, min_reps = GPU_PLAN, GPU_CONTEXTS, 0.5, 5
     decoder = CourseDecoder.from_hf(net)
-    weights = sum(p.numel() * p.element_size() for p in net.parameters())
-    rows = static_step_rows(decoder, model, plan, contexts, budget_s=budget, min_reps=min_reps)
-    summary = {"dtype": str(decoder.embed.weight.dtype).replace("torch.", ""), "weight_bytes": weights,
+    summary = {"dtype": str(decoder.embed.weight.dtype).replace("torch.", ""),
+               "weight_bytes": sum(p.numel() * p.element_size() for p in net.parameters()),
                "kv_bytes_per_token": kv_bytes(decoder.config, 1, 1, "model"), "contexts": list(contexts),
-               "attention": "torch SDPA, flash backend on CUDA (enable_gqa)", "fits": decode_fits(rows),
-               "seconds": time.perf_counter() - start}
+               "attention": "torch SDPA, flash backend on CUDA (enable_gqa), see each row's sdpa"}
     if device == "cuda":
         from ..bench import copy_bandwidth_gbps
 
         summary["copy_gbps"] = copy_bandwidth_gbps(torch.device("cuda"), nbytes=1 << 30)
-    path = save_result(name, rows, description="one greedy decode step at a given context (tokens already cached), "
-                       "timed as CUDA-graph replays (graph True; eager otherwise), median over repetitions: bf16 cache, "
-                       "FP8/INT8 caches dequantized before SDPA (no fused kernel), and no cache (the prefix recomputed)",
-                       summary=summary, command=command)
+    rows: list[dict] = []
+    for item in plan:  # saved after each, so a run cut short keeps what it measured
+        rows += static_step_rows(decoder, model, [item], contexts, budget_s=budget, min_reps=min_reps)
+        summary.update(fits=decode_fits(rows), seconds=time.perf_counter() - start)
+        path = save_result(name, rows, description="one greedy decode step at a given context (tokens already "
+                           "cached), timed as CUDA-graph replays (graph True; eager otherwise), median over "
+                           "repetitions: bf16 cache, FP8/INT8 caches dequantized before SDPA (no fused kernel), and "
+                           "no cache (the prefix recomputed)", summary=summary, command=command)
     print(f"wrote {path} in {time.perf_counter() - start:.0f} s")
     for row in summary["fits"]:
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
