@@ -16,6 +16,8 @@ How it works (see ``course_lib.quant.fake``):
 
 ``QATConfig(fake_quant=False)`` runs the same fine-tune without fake quantization: the control that
 shows whether the gain comes from quantization-awareness or just from more training.
+``finetune(model, stream, steps=..., lr=...)`` is that plain fine-tune under its own name, e.g. to
+recover a model after pooling its KV heads (chapter 09's uptraining).
 
 Training details: random windows of the token stream (a seeded generator), AdamW, linear warm-up then
 cosine decay, gradient clipping. Dropout is switched off (the model is kept in eval mode while the
@@ -140,6 +142,26 @@ def qat_finetune(model: nn.Module, stream: torch.Tensor, config: QATConfig = QAT
     seconds = time.perf_counter() - start
     model.zero_grad(set_to_none=True)
     return QATResult(model=model, config=config, log=log, seconds=seconds, layers=layers)
+
+
+# Settings of a plain fine-tune: QATConfig's training fields (its quantization fields mean nothing there).
+FINETUNE_SETTINGS = ("steps", "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup", "weight_decay", "grad_clip",
+                     "seed")
+
+
+def finetune(model: nn.Module, stream: torch.Tensor, *, inplace: bool = False, **settings) -> QATResult:
+    """A plain fine-tune, no quantization: next-token cross-entropy on random windows of `stream`.
+
+    The same loop as ``qat_finetune`` (AdamW, warm-up then cosine decay, clipping, dropout off,
+    deterministic for a seed on CPU) with fake quantization off: for recovering a model after a
+    change to its architecture ("uptraining" after pooling KV heads, chapter 09) or the control of
+    a QAT run. settings: any of FINETUNE_SETTINGS, e.g. finetune(model, stream, steps=30, lr=1e-4).
+    """
+    unknown = sorted(set(settings) - set(FINETUNE_SETTINGS))
+    if unknown:
+        raise ValueError(f"finetune() takes the training settings {', '.join(FINETUNE_SETTINGS)}; got {unknown}. "
+                         "For quantization-aware training use qat_finetune(model, stream, QATConfig(...)).")
+    return qat_finetune(model, stream, QATConfig(fake_quant=False, **settings), inplace=inplace)
 
 
 def distinct_values_per_group(model: nn.Module, group_size: int | None, *, skip: tuple[str, ...] = ("lm_head",)
