@@ -134,3 +134,82 @@ def test_compare_rows_and_paper_numbers(sharegpt, results):
     data = ss.paper_numbers()
     assert data["arxiv"] == "2309.06180" and data["block_size_default"]["value"] == 16
     assert all("verified" in v for v in data.values() if isinstance(v, dict))
+
+
+# ----------------------------------------------------------------------------- buddy allocator, arrivals, step time
+def test_buddy_allocator_rounds_splits_and_merges():
+    from course_lib.kv.buddy import BuddyAllocator, block_size_for
+
+    assert [block_size_for(n) for n in (1, 2, 3, 25, 32, 33, 600)] == [1, 2, 4, 32, 32, 64, 1024]
+    b = BuddyAllocator(15_700, 2048)  # 7 x 2048, then 1024, 256, 64, 16, 4: aligned pieces
+    assert {size: len(a) for size, a in b.free_blocks.items()} == {2048: 7, 1024: 1, 256: 1, 64: 1, 16: 1, 4: 1}
+    assert sum(size * len(a) for size, a in b.free_blocks.items()) == 15_700
+    a = b.allocate(600)  # a 1024 block: the free 1024 piece first (lowest address among the smallest that fit)
+    assert a == 14 * 1024 and b.slots_in_use == 1024
+    c, d = b.allocate(100), b.allocate(100)  # 128 each: the 256 piece split into two buddies
+    assert {c, d} == {15_360, 15_360 + 128} and not b.free_blocks.get(256)
+    b.free(c)
+    b.free(d)  # the buddies merge back into the 256 piece...
+    assert b.free_blocks[256] == {15_360} and 15_360 + 128 not in b.free_blocks.get(128, set())
+    b.free(a)
+    assert b.free_blocks[1024] == {14_336}  # ...and never across pieces: 1024 + 256 stay apart
+    small = BuddyAllocator(8, 8)
+    assert small.allocate(5) == 0 and small.allocate(1) is None  # 5 slots take the whole 8-slot block
+    with pytest.raises(ValueError, match="No allocated block"):
+        small.free(3)
+    with pytest.raises(ValueError, match="largest block"):
+        small.allocate(9)
+    with pytest.raises(ValueError, match="power-of-two"):
+        BuddyAllocator(100, 48)
+
+
+def test_buddy_rounding_costs_the_contiguous_policies_batch(sharegpt, results):
+    buddy = {p: simulate(sharegpt, p, kv_slots=SLOTS, allocator="buddy") for p in ("max", "pow2", "oracle")}
+    assert buddy["max"].mean_batch == results["max"].mean_batch  # 2048 is a power of two: nothing changes
+    for p in ("pow2", "oracle"):
+        r = buddy[p]
+        assert r.mean_batch < 0.85 * results[p].mean_batch
+        assert r.allocator_fraction > 0.1  # blocks rounded up to powers of two
+        parts = (r.token_state_fraction + r.reserved_fraction + r.internal_fragmentation + r.allocator_fraction
+                 + r.free_fraction)
+        assert parts == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="paging allocates fixed blocks"):
+        simulate(sharegpt, "paged", kv_slots=SLOTS, allocator="buddy")
+
+
+def test_arrivals_and_step_time_by_hand():
+    # Two requests; the second arrives at t=10, long after the first has finished (3 steps of 1 s).
+    reqs = [Request(4, 3), Request(4, 2)]
+    res = simulate(reqs, "oracle", kv_slots=64, block_size=4, max_len=32, arrivals=[0.0, 10.0],
+                   step_time=lambda batch, cached, prefill: 1.0)
+    assert res.steps == 5 and res.duration == 12.0  # idle from 3 to 10, then 2 steps
+    assert res.normalized_latency == pytest.approx((3 / 3 + 2 / 2) / 2)  # (finish - arrival) / output, averaged
+    assert res.history["batch"].tolist() == [1, 1, 1, 1, 1]
+    # The roofline: weights and cached K/V read once per step, plus the prefill's FLOPs.
+    t = ss.StepTime()
+    assert t(1, 0, 0) == pytest.approx(26e9 / 1.555e12)
+    assert t(8, 1000, 0) - t(8, 0, 0) == pytest.approx(1000 * 819_200 / 1.555e12)
+    assert t(1, 0, 100) - t(1, 0, 0) == pytest.approx(100 * 26e9 / 312e12)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        simulate(reqs, "oracle", kv_slots=64, block_size=4, max_len=32, arrivals=[5.0, 1.0])
+    with pytest.raises(ValueError, match="non-decreasing"):
+        simulate(reqs, "oracle", kv_slots=64, block_size=4, max_len=32, arrivals=[0.0])
+
+
+def test_poisson_arrivals():
+    a = ss.poisson_arrivals(4000, 2.0, seed=0)
+    assert a == ss.poisson_arrivals(4000, 2.0, seed=0) != ss.poisson_arrivals(4000, 2.0, seed=1)
+    assert all(y > x for x, y in zip(a, a[1:]))
+    assert a[-1] / len(a) == pytest.approx(0.5, rel=0.05)  # mean gap 1 / rate
+    with pytest.raises(ValueError, match="positive rate"):
+        ss.poisson_arrivals(10, 0.0)
+
+
+def test_compare_beside_figures_2_and_13(sharegpt):
+    results = ss.simulate_policies(sharegpt[:150], kv_slots=SLOTS, allocator="buddy")
+    rows = compare(sharegpt[:150], kv_slots=SLOTS, results=results)
+    assert [r["paper_batch"] for r in rows] == [7.00, 9.81, 13.62, 30.42]
+    assert [r["paper_other"] for r in rows] == pytest.approx([0.089, 0.416, 0.366, 0.0])
+    assert [r["mean_batch"] for r in rows] == [results[p].mean_batch for p in POLICIES]
+    for r, p in zip(rows, POLICIES):
+        assert r["other"] == pytest.approx(results[p].allocator_fraction + results[p].free_fraction)
