@@ -5,7 +5,7 @@
     python -m course_lib.bench gptq-time [--device cpu|cuda] [--tools ...] [--bits 4 3] [--threads 2]
     python -m course_lib.bench awq-time [--device cpu|cuda] [--tools ...] [--bits 4] [--threads 2]
     python -m course_lib.bench kv-decode [--device cpu|cuda] [--model tiny] [--threads 2] [--name ...]
-    python -m course_lib.bench attention [--name ...]
+    python -m course_lib.bench attention [--name ...] [--tune quick|full] [--smoke]
     python -m course_lib.bench sparse24 [--name ...]
     python -m course_lib.bench prune-sweep [--threads 1] [--name ...]     (CPU: chapter 07's perplexity sweep)
     python -m course_lib.bench distill [--profile large] [--part all|white|extras|encoder] [--name ...]  (chapter 08)
@@ -472,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     kv.add_argument("--name", default=None, help="result file name (default: <device>_kv_decode)")
     at = sub.add_parser("attention", help="attention forward: naive, SDPA backends and the course Triton kernel")
     at.add_argument("--name", default=None, help="result file name (default: <gpu>_attention)")
+    at.add_argument("--tune", choices=("quick", "full"), default=None,
+                    help="the course kernel's autotuning: 2 or 7 configurations (default: COURSE_FLASH_TUNE, else full)")
+    at.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks the code, records nothing real")
     sp = sub.add_parser("sparse24", help="2:4 sparse (cuSPARSELt, CUTLASS) vs dense vs CSR matmuls at Llama shapes")
     sp.add_argument("--name", default=None, help="result file name (default: <gpu>_sparse24)")
     ps = sub.add_parser("prune-sweep", help="chapter 07: perplexity of the course model pruned by magnitude, Wanda "
@@ -502,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.bench == "attention":
             from .attention.bench import record_attention
 
-            record_attention(args.name)
+            record_attention(args.name, tune=args.tune, smoke=args.smoke)
         elif args.bench == "sparse24":
             from .prune.sparse_bench import record_sparse24
 

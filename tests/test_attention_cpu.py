@@ -153,6 +153,131 @@ def test_triton_kernel_under_the_interpreter():
         print(worst)
     """)
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    # NumPy >= 2.4 refuses int() of a shape-(1,) array, which Triton 3.6's interpreter does for loop bounds;
+    # older NumPy only warns, so the warning is made an error here: the test fails on every NumPy without the fix.
+    numpy_24 = ["-W", "error:Conversion of an array with ndim:DeprecationWarning"]
+    done = subprocess.run([sys.executable, *numpy_24, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.strip().splitlines()[-1]) < 3e-3  # fp16 inputs, fp32 accumulation
+
+
+def test_naive_attention_in_16_bit():
+    q, k, v = (rand(1, 2, 40, 16, seed=s).to(torch.bfloat16) for s in (1, 2, 3))
+    out = naive_attention(q, k, v, dtype=None)
+    assert out.dtype == torch.bfloat16
+    ref = naive_attention(q, k, v)
+    assert 0 < (out.float() - ref.float()).abs().max() < 0.05  # bf16 scores: close, not identical
+
+
+# --- HBM traffic model (seed 003 §6.8 Q3 against the FlashAttention paper) --------------------------
+
+def test_naive_traffic_is_4nd_plus_4n2():
+    from course_lib.attention.traffic import naive_traffic, paper_orders
+
+    for n, d in ((1, 1), (100, 64), (4096, 128)):
+        t = naive_traffic(n, d)
+        assert t["total"] == 4 * n * d + 4 * n * n
+        assert t["total"] == 4 * paper_orders(n, d, 1000)["naive"]  # Θ(nd + n²) with constant 4
+
+
+def test_tiled_traffic_counts_kv_rereads():
+    from course_lib.attention.traffic import keys_per_query_block, tiled_traffic
+
+    n, d = 1000, 64
+    for bq in (16, 64, 128, 1000, 4096):
+        blocks = -(-n // bq)
+        assert tiled_traffic(n, d, bq, 64)["total"] == 2 * n * d + 2 * n * d * blocks
+    for n, bq, bk in ((512, 64, 64), (300, 64, 32), (100, 7, 13), (64, 128, 64)):  # causal: the tiles tile_grid computes
+        grid = tile_grid(n, n, bq, bk)
+        loaded = [min(n, int((row > 0).sum()) * bk) for row in grid]
+        assert keys_per_query_block(n, bq, bk, causal=True) == loaded
+    causal, full = tiled_traffic(4096, 64, 128, 64, causal=True), tiled_traffic(4096, 64, 128, 64)
+    assert causal["K, V read"] / full["K, V read"] == 33 / 64  # query block i of 32 reads i + 1 key blocks of its 32
+
+
+def test_tiled_traffic_matches_the_paper_bound():
+    """With the paper's blocks for SRAM of M elements, tiled traffic / (n²d²/M) tends to a constant (8 for
+    FA2's order, 12(1 + 4/3d) for FA1's), and doubling n quadruples it: O(n²), not the seed's O(nd)."""
+    from course_lib.attention.traffic import fa1_traffic, paper_blocks, paper_orders, tiled_traffic
+
+    for d, m in ((64, 16384), (128, 32768), (64, 8192)):
+        bq, bk = paper_blocks(m, d)
+        assert bq == min(m // (4 * d), d) and bk == m // (4 * d)
+        for n in (1 << 14, 1 << 16):
+            bound = paper_orders(n, d, m)["tiled"]
+            assert 8 <= tiled_traffic(n, d, bq, bk)["total"] / bound < 8 * 1.01
+            assert 12 <= fa1_traffic(n, d, bq, bk)["total"] / bound < 12 * (1 + 4 / (3 * d)) * 1.01
+        assert tiled_traffic(1 << 15, d, bq, bk)["total"] / tiled_traffic(1 << 14, d, bq, bk)["total"] > 3.9
+    with pytest.raises(ValueError, match="positive"):
+        tiled_traffic(0, 64, 64, 64)
+    with pytest.raises(ValueError, match="M >= d"):
+        paper_blocks(32, 64)
+
+
+# --- the benchmark's code paths and its report, on CPU ---------------------------------------------
+
+def test_attention_bench_smoke_on_cpu(tmp_path):
+    import json
+
+    from course_lib.attention.bench import BACKENDS, record_attention
+
+    summary = record_attention(smoke=True, directory=tmp_path)
+    data = json.loads((tmp_path / "cpu_attention_smoke.json").read_text())
+    rows = data["rows"]
+    assert {(r["causal"], r["backend"]) for r in rows} == {(c, b) for c in (True, False) for b in BACKENDS}
+    ran = [r for r in rows if r["backend"] in ("naive", "naive bf16", "sdpa math")]
+    assert all(r["ms"] > 0 and r["spread"] >= 0 and r["tflops"] > 0 and r["note"] == "" for r in ran)
+    refused = [r for r in rows if r["backend"] in ("sdpa cudnn", "course triton")]  # no CUDA: a note, no number
+    assert all(r["ms"] is None and r["note"] for r in refused)
+    assert summary["tune"] in ("quick", "full") and len(summary["floor"]) == len(BACKENDS)
+    assert "--smoke" in data["command"]
+
+
+def _recording(rows, summary=None):
+    from course_lib.results import Recorded
+
+    return Recorded(name="test_attention", description="", command="", date="", device="", versions={}, rows=rows,
+                    summary=summary or {"matmul_tflops": 800.0, "copy_gbps": 4000.0, "spec_tflops": 1000.0})
+
+
+def test_report_standing_and_shares():
+    from course_lib.attention import report
+
+    rows = []
+    for t, (a, b, s) in {4096: (400, 300, 0.01), 8192: (410, 400, 0.02), 16384: (300, 400, 0.01)}.items():
+        for backend, tf in (("course triton", a), ("sdpa cudnn", b)):
+            rows.append({"head_dim": 128, "seq_len": t, "batch": 1, "heads": 16, "causal": True, "backend": backend,
+                         "ms": 1.0, "tflops": tf, "spread": s, "peak_mib": 64.0, "note": ""})
+    rec = _recording(rows)
+    r = report.ratios(rec, "course triton", "sdpa cudnn", causal=True, head_dim=128, lengths=None)
+    assert [x["verdict"] for x in r] == ["faster", "tie", "slower"]  # 1.33 (±0.02), 1.025 (±0.04), 0.75
+    sentence = report.standing(rec, "course triton", "sdpa cudnn", causal=True, head_dim=128, lengths=(4096,))
+    assert "1.33-1.33x" in sentence and "faster at every length" in sentence
+    assert "not in this recording" in report.standing(rec, "course triton", "sdpa flash", causal=True, head_dim=128,
+                                                      lengths=None)
+    shares = report.share_table(rec, causal=True, head_dim=128, lengths=(4096,))
+    assert shares[0]["% of spec"] == pytest.approx(40.0) and shares[0]["% of matmul"] == pytest.approx(50.0)
+    assert report.verdict(1.5, None) == "?"
+
+
+def test_report_fits_and_floors():
+    from course_lib.attention import report
+
+    assert report.fit_line([1, 2, 3], [5, 7, 9]) == pytest.approx((3.0, 2.0))
+    assert report.useful_fraction(512, 128, 64) == pytest.approx(0.8)  # 20 tiles of 128x64 for 512²/2 scores
+    assert report.useful_fraction(16384, 128, 64) > 0.99
+    rows = [{"head_dim": 64, "seq_len": t, "batch": 16384 // t, "heads": 32, "causal": False, "backend": "course triton",
+             "ms": 0.1 + 0.2 * t / 1024, "tflops": 1.0, "note": ""} for t in (512, 1024, 2048, 4096)]
+    rows[0].update(config={"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}, programs=4096)
+    rec = _recording(rows)
+    fit = report.fixed_cost(rec, "course triton", head_dim=64, causal=False)
+    assert fit["intercept ms"] == pytest.approx(0.1) and fit["intercept share at T"] == pytest.approx(0.5)
+    short = report.short_sequence(rec, head_dim=64, causal=False)
+    assert short["FLOP per byte"] == pytest.approx(256.0)  # T/2 without a mask, T/4 with one
+    assert short["bytes floor us"] == pytest.approx(4 * 16384 * 2048 * 2 / 4000e9 * 1e6)
+    assert short["programs"] == 4096 and short["key blocks per program"] == 8
+    naive = [{"head_dim": 128, "seq_len": t, "batch": 1, "heads": 16, "backend": "naive", "peak_mib": 12 * 16 * t * t / 2**20}
+             for t in (2048, 4096)]
+    longest = report.naive_longest(_recording(naive), memory_gib=96, heads=32)
+    assert longest["bytes per score element"] == pytest.approx(12) and longest["longest T"] == 16384

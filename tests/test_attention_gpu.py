@@ -1,4 +1,4 @@
-"""Chapter 10 on the GPU (pytest -m gpu on the H100): the Triton kernel against PyTorch's attention."""
+"""Chapter 10 on the GPU (pytest -m gpu on the H100/H200): the Triton kernel against PyTorch's attention."""
 
 import os
 
@@ -43,3 +43,28 @@ def test_bad_input_on_gpu():
     y = torch.randn(1, 2, 8, 96, device="cuda", dtype=torch.float16)
     with pytest.raises(ValueError, match="head_dim"):
         flash_attention_triton(y, y, y)
+
+
+@cuda
+def test_bench_rows_record_the_kernel_choice_and_cudnn():
+    """The benchmark's rows on a GPU: the course kernel's autotuned block shape and grid, and cuDNN's attention
+    either measured (and then equal to the course kernel's output) or refused with a note, never another backend."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from course_lib.attention.bench import attention_rows
+    from course_lib.attention.triton_flash import last_config
+
+    rows = {r["backend"]: r for r in attention_rows(seq_lens=(512,), head_dims=(64,), target_s=0.01,
+                                                     backends=("sdpa cudnn", "course triton"))}
+    course = rows["course triton"]
+    assert course["tflops"] > 0 and course["spread"] >= 0 and course["config"] == last_config()
+    assert course["programs"] == -(-512 // course["config"]["BLOCK_M"]) * course["batch"] * course["heads"]
+    if rows["sdpa cudnn"]["note"]:
+        assert rows["sdpa cudnn"]["ms"] is None
+        return
+    g = torch.Generator(device="cuda").manual_seed(3)
+    q, k, v = (torch.randn(2, 8, 512, 64, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(flash_attention_triton(q, k, v, causal=True), ref, **TOL[torch.bfloat16])

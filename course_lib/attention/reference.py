@@ -32,18 +32,21 @@ def visible(q_len: int, k_len: int, causal: bool, device=None) -> torch.Tensor:
 
 
 def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
-                    scale: float | None = None) -> torch.Tensor:
-    """softmax(q kᵀ / √d) v with the whole (Tq, Tk) score matrix in memory, in float32.
+                    scale: float | None = None, dtype: torch.dtype | None = torch.float32) -> torch.Tensor:
+    """softmax(q kᵀ / √d) v with the whole (Tq, Tk) score matrix in memory.
 
+    dtype: what the scores, probabilities and products are computed in: float32 by default (the
+    reference), None for the inputs' own dtype (a 16-bit naive path: half the bytes per score).
     GQA: query head h reads KV head h // (H / H_kv). A row that sees no key outputs zeros.
     """
     h, h_kv = check_shapes(q, k, v)
     k, v = k.repeat_interleave(h // h_kv, dim=1), v.repeat_interleave(h // h_kv, dim=1)
+    dtype = dtype or q.dtype
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = (q.float() @ k.float().transpose(-2, -1)) * scale  # (B, H, Tq, Tk): the n² matrix
+    scores = (q.to(dtype) @ k.to(dtype).transpose(-2, -1)) * scale  # (B, H, Tq, Tk): the n² matrix
     scores = scores.masked_fill(~visible(q.shape[2], k.shape[2], causal, q.device), float("-inf"))
     probs = torch.nan_to_num(torch.softmax(scores, dim=-1))  # all -inf row: NaN -> 0
-    return (probs @ v.float()).to(q.dtype)
+    return (probs @ v.to(dtype)).to(q.dtype)
 
 
 def naive_memory_bytes(batch: int, heads: int, q_len: int, k_len: int | None = None, *,

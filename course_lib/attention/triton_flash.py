@@ -37,6 +37,30 @@ def interpreting() -> bool:
     return triton is not None and os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def interpreter_numpy_fix() -> None:
+    """Let Triton's interpreter run this kernel with numpy >= 2.4 (called only under TRITON_INTERPRET=1).
+
+    The interpreter holds every scalar as a numpy array of shape (1,) and, in Triton up to 3.6, turns one
+    into a Python int (the loop bounds ``range(start, stop, BLOCK_N)`` below) with ``int(array)``. NumPy
+    deprecated that in 1.25 and refuses it from 2.4 on: "only 0-dimensional arrays can be converted to
+    Python scalars" (triton-lang/triton#9171, fixed upstream by #9172). This wraps the interpreter's
+    tensor patch so that the conversion takes the single element (``.item()``), which every numpy
+    accepts. Compiled kernels never pass through here.
+    """
+    from triton.runtime import interpreter
+
+    patch = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch is None or getattr(patch, "course_scalar_fix", False):  # another Triton layout, or done already
+        return
+
+    def patch_with_scalar_index(tensor, scope) -> None:
+        patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.item()))
+
+    patch_with_scalar_index.course_scalar_fix = True
+    interpreter._patch_lang_tensor = patch_with_scalar_index
+
+
 def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     """Clear errors for everything the kernel does not handle."""
     from .reference import check_shapes
@@ -153,9 +177,19 @@ def flash_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     grid = lambda meta: (triton.cdiv(t_q, meta["BLOCK_M"]), b * h)  # noqa: E731
     # The interpreter cannot time configurations: it runs one fixed block shape instead of autotuning.
     kernel, fixed = (_flash_fwd.fn, {"BLOCK_M": 64, "BLOCK_N": 32}) if interpreting() else (_flash_fwd, {})
+    if interpreting():
+        interpreter_numpy_fix()
     kernel[grid](q, k, v, out, scale * 1.4426950408889634,
                  q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                  v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
                  h, h // h_kv, t_q, t_k, t_k - t_q, min(triton.next_power_of_2(t_k), 16384),
                  HEAD_DIM=d, CAUSAL=causal, **fixed)
     return out
+
+
+def last_config() -> dict:
+    """The block shape, warps and pipeline depth the autotuner chose for the latest call of the kernel."""
+    if triton is None or getattr(_flash_fwd, "best_config", None) is None:
+        raise RuntimeError("The kernel has not run through the autotuner yet: call flash_attention_triton first.")
+    cfg = _flash_fwd.best_config
+    return {**cfg.kwargs, "num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
