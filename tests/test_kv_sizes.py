@@ -222,3 +222,24 @@ def test_errors_are_clear():
         sizes.parameter_count({k: v for k, v in cfg.items() if k != "model_type"})
     with pytest.raises(ValueError, match="layer count"):
         sizes.attention_shape({"hidden_size": 64})
+
+
+def test_falcon_attention_is_read_as_transformers_reads_it():
+    """Seed 003 names Falcon as an MQA model: Falcon-7B is; Falcon-40B has 8 KV groups (its config still
+    says multi_query: true, which new_decoder_architecture overrides)."""
+    from course_lib.kv.teach import falcon_rows
+
+    cfgs = sizes.falcon_configs()
+    assert sizes.attention_shape(cfgs["falcon-7b"]) == {"layers": 32, "q_heads": 71, "kv_heads": 1, "head_dim": 64,
+                                                        "kind": "MQA"}
+    assert sizes.attention_shape(cfgs["falcon-40b"])["kv_heads"] == 8
+    assert all(c["_source"].startswith("https://huggingface.co/tiiuae/") and c["_verified"] for c in cfgs.values())
+    base = {"model_type": "falcon", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 8}
+    assert sizes.attention_shape({**base, "multi_query": False})["kind"] == "MHA"  # falcon-rw style
+    assert sizes.attention_shape({**base, "new_decoder_architecture": True, "num_kv_heads": 2})["kv_heads"] == 2
+    assert sizes.attention_shape(base)["kind"] == "MQA"  # transformers' default: multi_query=True
+    rows = {r["model"]: r for r in falcon_rows()}
+    assert rows["falcon-7b"]["KV heads (weights)"] == 1 and rows["falcon-40b"]["KV heads (weights)"] == 8
+    # transformers broadcasts Falcon-40B's 8 KV heads to all 128 query heads before caching them
+    assert rows["falcon-7b"]["transformers caches x KV heads"] == 1
+    assert rows["falcon-40b"]["transformers caches x KV heads"] == 16

@@ -50,6 +50,12 @@ def load_config(name: str) -> dict:
     return json.loads(path.read_text())
 
 
+def falcon_configs() -> dict[str, dict]:
+    """Falcon-7B's and Falcon-40B's published attention fields ("falcon-7b", "falcon-40b"), each with
+    "_source" and "_verified", from data/kv/falcon_configs.json (seed 003's MQA example, checked)."""
+    return json.loads((REPO_ROOT / "data" / "kv" / "falcon_configs.json").read_text())["models"]
+
+
 def _first(cfg: dict, *keys: str):
     """The first of `keys` present in cfg with a non-None value (GPT-2 names fields n_layer, n_head, n_embd)."""
     for key in keys:
@@ -71,7 +77,11 @@ def attention_shape(cfg: dict) -> dict:
     if layers is None or q_heads is None:
         raise ValueError("The config names no layer count or head count (num_hidden_layers/n_layer, "
                          "num_attention_heads/n_head); pass a decoder's config.json as a dict.")
-    kv_heads = _first(cfg, "num_key_value_heads") or q_heads  # OPT, GPT-2, Llama-2-7B: one KV head per query head
+    kv_heads = _first(cfg, "num_key_value_heads")
+    if kv_heads is None and cfg.get("model_type") == "falcon":  # read as transformers' FalconAttention does:
+        new_arch, mqa = cfg.get("new_decoder_architecture"), cfg.get("multi_query", True)  # Falcon-40B sets both
+        kv_heads = cfg.get("num_kv_heads") if new_arch or not mqa else 1
+    kv_heads = kv_heads or q_heads  # OPT, GPT-2, Llama-2-7B: one KV head per query head
     if cfg.get("kv_lora_rank"):
         nope, rope, v = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"]
         return {"layers": layers, "q_heads": q_heads, "kv_heads": kv_heads, "head_dim": nope + rope, "kind": "MLA",

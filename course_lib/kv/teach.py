@@ -96,6 +96,39 @@ def flops_rows(config, positions: list[int]) -> list[dict]:
     return rows
 
 
+def falcon_rows() -> list[dict]:
+    """Falcon-7B and Falcon-40B: their config flags, the KV heads the config implies (``sizes``), the KV
+    heads in the weights (the fused query_key_value projection of the model built on the meta device:
+    (q heads + 2 x KV heads) x head_dim outputs), and how many heads transformers' cache stores per KV
+    head, measured on a small random model with the same flags and the same query-to-KV ratio."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .sizes import attention_shape, falcon_configs
+
+    rows = []
+    for name, cfg in falcon_configs().items():
+        fields = {k: v for k, v in cfg.items() if not k.startswith("_") and k != "model_type"}
+        shape = attention_shape(cfg)
+        with torch.device("meta"):
+            big = AutoModelForCausalLM.from_config(AutoConfig.for_model("falcon", **fields))
+        qkv = big.transformer.h[0].self_attention.query_key_value.out_features
+        ratio = shape["q_heads"] // shape["kv_heads"]
+        heads = 2 * ratio if cfg["new_decoder_architecture"] else 8  # 2 KV groups, or MQA over 8 heads
+        small = {**fields, "hidden_size": 4 * heads, "num_hidden_layers": 1, "num_attention_heads": heads,
+                 "num_kv_heads": heads // ratio if cfg["new_decoder_architecture"] else heads, "vocab_size": 64}
+        torch.manual_seed(0)
+        with torch.no_grad():
+            model = AutoModelForCausalLM.from_config(AutoConfig.for_model("falcon", **small)).eval()
+            past = model(input_ids=torch.ones(1, 3, dtype=torch.long), use_cache=True).past_key_values
+        cached = past.layers[0].keys.shape[1] / attention_shape({**small, "model_type": "falcon"})["kv_heads"]
+        rows.append({"model": name, "multi_query": cfg["multi_query"],
+                     "new_decoder_architecture": cfg["new_decoder_architecture"], "q heads": shape["q_heads"],
+                     "KV heads (config)": shape["kv_heads"],
+                     "KV heads (weights)": (qkv // shape["head_dim"] - shape["q_heads"]) // 2,
+                     "attention": shape["kind"], "transformers caches x KV heads": cached})
+    return rows
+
+
 def pretty_bytes(n: float) -> str:
     units = ["B", "KiB", "MiB", "GiB", "TiB"]
     i = min(int(math.log(max(n, 1), 1024)), len(units) - 1)
