@@ -52,15 +52,18 @@ def quality_plot(rows: list[dict], ax=None):
 
 
 def decode_time_plot(rows: list[dict], title: str, ax=None):
-    """Milliseconds per decode step against the position written, one line per mode."""
+    """Milliseconds per decode step against the position written (CPU recording) or the tokens already
+    cached (``context``, GPU recording), one line per mode."""
     from ..plotting import new_axes
 
     if ax is None:
         _, ax = new_axes()
+    x = "context" if "context" in rows[0] else "position"
     for mode in sorted({r["mode"] for r in rows}):
-        sel = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r["position"])
-        ax.plot([r["position"] for r in sel], [r["ms"] for r in sel], marker=".", label=mode)
-    ax.set(xlabel="position of the token being generated", ylabel="ms per step", title=title)
+        sel = sorted((r for r in rows if r["mode"] == mode), key=lambda r: r[x])
+        ax.plot([r[x] for r in sel], [r["ms"] for r in sel], marker=".", label=mode)
+    label = "tokens already cached" if x == "context" else "position of the token being generated"
+    ax.set(xlabel=label, ylabel="ms per step", title=title)
     ax.set_ylim(bottom=0)
     ax.legend()
     return ax
