@@ -77,7 +77,7 @@ def test_fp8_scale_is_applied():
 
 def test_sdpa_hook_equals_the_course_attention():
     g = torch.Generator().manual_seed(0)
-    q, k, v = torch.randn(2, 4, 6, 8, generator=g), torch.randn(2, 2, 6, 8, generator=g), torch.randn(2, 2, 6, 8, generator=g)
+    q, k, v = (torch.randn(2, heads, 6, 8, generator=g) for heads in (4, 2, 2))
     torch.testing.assert_close(sdpa_attention(0, q, k, v, None), attend(q, k, v), **TOL)  # causal, GQA
     torch.testing.assert_close(sdpa_attention(0, q[:, :, -1:], k, v, None), attend(q[:, :, -1:], k, v), **TOL)
     with pytest.raises(ValueError, match="unpadded"):
@@ -141,8 +141,8 @@ def test_fit_line():
 @pytest.mark.parametrize("make", [lambda: KVCache(2), lambda: QuantizedCache(KVQuant("fp8"), 2),
                                   lambda: QuantizedCache(KVQuant("int8"), 2),
                                   lambda: QuantizedCache(KVQuant("kivi", bits=2, group=4, residual=2), 2),
-                                  lambda: StaticKVCache(2, batch=2, n_kv_heads=2, head_dim=32, max_len=16, device="meta",
-                                                        storage="int8")],
+                                  lambda: StaticKVCache(2, batch=2, n_kv_heads=2, head_dim=32, max_len=16,
+                                                        device="meta", storage="int8")],
                          ids=["plain", "fp8", "int8", "kivi", "static"])
 def test_every_tensor_stays_on_the_models_device(make):
     """The decoder and caches on PyTorch's meta device: an op that mixes in a tensor made on the CPU (an

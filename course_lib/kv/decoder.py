@@ -132,8 +132,9 @@ class CourseDecoder(nn.Module):
         logits_to_keep: compute the logits of the last k positions only (generation needs 1).
         """
         if input_ids.device != self.embed.weight.device:
-            raise ValueError(f"input_ids are on {input_ids.device} but the model's weights on "
-                             f"{self.embed.weight.device}; move them first: input_ids.to({str(self.embed.weight.device)!r}).")
+            where = str(self.embed.weight.device)
+            raise ValueError(f"input_ids are on {input_ids.device} but the model's weights on {where}; "
+                             f"move them first: input_ids.to({where!r}).")
         b, t = input_ids.shape
         positions = positions_for(t, cache, attention_mask, b, input_ids.device)
         x = self.embed(input_ids)

@@ -404,7 +404,8 @@ def _result(policy, history, saturated, measured, kv_slots, finished, preemption
     )
 
 
-def simulate_policies(requests: list[Request], *, kv_slots: int, allocator: str = "ideal", **kw) -> dict[str, SimResult]:
+def simulate_policies(requests: list[Request], *, kv_slots: int, allocator: str = "ideal",
+                      **kw) -> dict[str, SimResult]:
     """simulate() for every policy of POLICIES; `allocator` applies to the contiguous (Orca) ones, and
     the other keywords (block_size, max_len, arrivals, step_time ...) to all."""
     return {p: simulate(requests, p, kv_slots=kv_slots, allocator="ideal" if p == "paged" else allocator, **kw)
