@@ -9,6 +9,10 @@ Modules, one idea each:
 * ``gqa``        converting a model's attention to fewer KV heads by mean-pooling;
 * ``quant``      FP8, INT8 and KIVI-style 2/4-bit cache quantization with byte accounting;
 * ``sizes``      the cache-size formula applied to published model configurations;
+* ``static``     a preallocated cache written in place, what CUDA graphs need;
 * ``paged``      a paged cache: blocks, block tables, slot mapping, reference counts, copy-on-write;
-* ``serving_sim`` contiguous preallocation against paging on a realistic mix of requests.
+* ``buddy``      the buddy allocator that placed contiguous caches before paging;
+* ``serving_sim`` contiguous preallocation against paging on a realistic mix of requests, offline or
+                 as a Poisson trace with a roofline step time;
+* ``bench``      decode time per step (``python -m course_lib.bench kv-decode``) and straight-line fits.
 """
