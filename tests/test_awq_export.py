@@ -91,3 +91,64 @@ def test_export_errors(tmp_path):
         save_awq_checkpoint(model, report, tmp_path / "b")
     with pytest.raises(ValueError, match="No config.json"):
         load_awq_checkpoint(tmp_path / "nothing")
+
+
+def test_awq_and_gptq_exports_of_one_model_differ_only_by_g_idx(tmp_path):
+    """The same quantized model written in both formats: the same float tensors in the same 16-bit dtype,
+    qweight/qzeros/scales of the same bytes encoding the same weights; GPTQ's g_idx is the whole difference."""
+    import copy
+
+    from safetensors import safe_open
+
+    from course_lib.awq.export import as_gptq_report, bytes_by_part
+    from course_lib.gptq import save_gptq_checkpoint
+    from course_lib.gptq.qlinear import unpack_rows, unpack_zeros_v1
+
+    model = models.tiny_model("llama")
+    calib = torch.randint(0, 4096, (2, 16), generator=torch.Generator().manual_seed(0))
+    report = awq_quantize_model(model, calib, 4, group_size=64, n_grid=2, clip=False, progress=False)
+    awq_dir = save_awq_checkpoint(model, report, tmp_path / "awq")                    # bfloat16 float tensors
+    gptq_dir = save_gptq_checkpoint(copy.deepcopy(model).to(torch.bfloat16), as_gptq_report(report),
+                                    tmp_path / "gptq")                                 # chapter 03's way
+    assert json.loads((awq_dir / "config.json").read_text())["dtype"] == "bfloat16"
+
+    with safe_open(str(awq_dir / "model.safetensors"), "pt") as fa, \
+            safe_open(str(gptq_dir / "model.safetensors"), "pt") as fg:
+        a, g = {k: fa.get_tensor(k) for k in fa.keys()}, {k: fg.get_tensor(k) for k in fg.keys()}
+    float_keys = {k for k in a if k.rsplit(".", 1)[-1] not in ("qweight", "qzeros", "scales")}
+    assert float_keys == {k for k in g if k.rsplit(".", 1)[-1] not in ("qweight", "qzeros", "scales", "g_idx")}
+    assert "model.embed_tokens.weight" in float_keys and "lm_head.weight" in float_keys
+    for k in float_keys:
+        assert a[k].dtype == g[k].dtype == torch.bfloat16, k
+        assert torch.equal(a[k], g[k]), k
+    assert set(g) - set(a) == {f"{n}.g_idx" for n in report.codes}
+    for name in report.codes:
+        for part in ("qweight", "qzeros", "scales"):
+            ta, tg = a[f"{name}.{part}"], g[f"{name}.{part}"]
+            assert ta.numel() * ta.element_size() == tg.numel() * tg.element_size(), (name, part)
+        assert torch.equal(a[f"{name}.scales"], g[f"{name}.scales"])                   # both (G, N) float16
+        assert torch.equal(unpack_awq(a[f"{name}.qweight"]), unpack_rows(g[f"{name}.qweight"], 4))   # (K, N) codes
+        assert torch.equal(unpack_awq(a[f"{name}.qzeros"]), unpack_zeros_v1(g[f"{name}.qzeros"], 4))
+
+    pa, pg = bytes_by_part(awq_dir), bytes_by_part(gptq_dir)
+    assert sum(pa.values()) == (awq_dir / "model.safetensors").stat().st_size
+    assert pa["g_idx"] == 0 and pg["g_idx"] == sum(4 * qt.shape[1] for qt in report.codes.values())
+    assert all(pa[p] == pg[p] for p in ("float tensors", "qweight", "qzeros", "scales"))
+    assert sum(pg.values()) - sum(pa.values()) == pg["g_idx"] + pg["header"] - pa["header"]
+
+
+def test_export_dtype_and_part_errors(tmp_path):
+    from course_lib.awq.export import as_gptq_report, bytes_by_part
+
+    model = models.tiny_model("llama")
+    calib = torch.randint(0, 4096, (2, 16), generator=torch.Generator().manual_seed(0))
+    report = awq_quantize_model(model, calib, 4, group_size=64, n_grid=2, clip=False, progress=False)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        save_awq_checkpoint(model, report, tmp_path / "a", dtype=torch.int8)
+    f32 = bytes_by_part(save_awq_checkpoint(model, report, tmp_path / "f32", dtype=torch.float32))
+    bf16 = bytes_by_part(save_awq_checkpoint(model, report, tmp_path / "bf16"))
+    assert f32["float tensors"] == 2 * bf16["float tensors"] and f32["qweight"] == bf16["qweight"]
+    with pytest.raises(TypeError, match="AWQReport"):
+        as_gptq_report(object())
+    with pytest.raises(ValueError, match="No \\*.safetensors"):
+        bytes_by_part(tmp_path / "nothing")
