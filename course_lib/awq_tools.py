@@ -286,14 +286,16 @@ def llmcompressor_awq_mappings(model_dir) -> list[dict]:
 
 
 def _rows(rows: list[dict]) -> list[dict]:
-    return [dict(row, checked=CHECKED_ON) for row in rows]
+    """Copies of the rows, each with the date it was checked (its own, or CHECKED_ON)."""
+    return [{"checked": CHECKED_ON, **row} for row in rows]
 
 
 def describe_autoawq_status() -> list[dict]:
-    """The evidence on the seeds' AutoAWQ script (seed 001 §1.3 script 2): recorded rows, no network.
+    """The evidence on the seeds' AutoAWQ scripts (seed 001 §1.3 script 2, seed 003 §6.2.6): recorded rows,
+    no network.
 
-    Each row: what was checked, what was found (exact error text), the command that reproduces
-    it, and the date it was checked.
+    Each row: what was checked (topic), the finding in one line (short) and in full (exact error text),
+    the command that reproduces it, and the date it was checked.
     """
     return _rows(AUTOAWQ_STATUS)
 
