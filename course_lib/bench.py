@@ -4,6 +4,7 @@
     python -m course_lib.bench prefill-decode [--name h100_prefill_decode]
     python -m course_lib.bench gptq-time [--device cpu|cuda] [--tools ...] [--bits 4 3] [--threads 2]
     python -m course_lib.bench awq-time [--device cpu|cuda] [--tools ...] [--bits 4] [--threads 2]
+    python -m course_lib.bench awq-seeds [--seeds 0 1 2 3 4] [--bits 4 3] [--threads 1]  (CPU: chapter 04's ranking)
     python -m course_lib.bench kv-decode [--device cpu|cuda] [--model tiny] [--threads 2] [--name ...]
     python -m course_lib.bench attention [--name ...] [--tune quick|full] [--smoke]
     python -m course_lib.bench sparse24 [--name ...]
@@ -463,6 +464,11 @@ def main(argv: list[str] | None = None) -> int:
         gt.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
         gt.add_argument("--repeats", type=int, default=1, help="runs per tool; the median time is recorded")
         gt.add_argument("--name", default=None, help=f"result file name (default: <device>_{method}_time)")
+    aw = sub.add_parser("awq-seeds", help="chapter 04: GPTQ vs AWQ perplexity over several calibration draws, on CPU")
+    aw.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    aw.add_argument("--bits", type=int, nargs="+", default=[4, 3])
+    aw.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: as the notebooks' canonical run)")
+    aw.add_argument("--name", default=None, help="result file name (default: cpu_awq_gptq_seeds)")
     kv = sub.add_parser("kv-decode", help="time per decode step against position, with/without the KV cache")
     kv.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
     kv.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -519,6 +525,10 @@ def main(argv: list[str] | None = None) -> int:
 
             record_distill(args.name, profile=args.profile, device=args.device, part=args.part,
                            seeds=tuple(args.seeds))
+        elif args.bench == "awq-seeds":
+            from .awq.bench import record_seed_spread
+
+            record_seed_spread(args.name, seeds=tuple(args.seeds), bits=tuple(args.bits), threads=args.threads)
         elif args.bench in ("gptq-time", "awq-time"):
             record_quant_time(args.bench.split("-")[0], args.device, tuple(args.bits), tuple(args.tools), args.threads,
                               args.repeats, args.name)
