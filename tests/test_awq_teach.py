@@ -67,3 +67,17 @@ def test_scaling_a_salient_channel_shrinks_its_error_until_it_sets_the_step():
     assert rows[1]["channel error"] < 0.75 and rows[1]["step"] < 1.1  # 2x: error shrinks, step barely moves
     assert rows[2]["step"] > 3 and rows[2]["rows where it sets the step"] > 0.9  # 32x: the column is the group max
     assert rows[1]["output MSE"] < rows[0]["output MSE"]
+
+
+def test_lm_eval_rows_scores_each_model_in_order_and_quietly(capfd):
+    pytest.importorskip("lm_eval")
+    from course_lib import lm_eval_tasks
+
+    tok = models.load_tokenizer()
+    a, b = models.tiny_model("llama", seed=0), models.tiny_model("llama", seed=1)
+    rows = teach.lm_eval_rows([a, b, a], tok, ("course_ppl",), limit=2)
+    assert len(rows) == 3 and rows[0] == rows[2] and rows[0] != rows[1]
+    assert rows[1] == lm_eval_tasks.evaluate(b, tok, tasks=("course_ppl",), limit=2)
+    capfd.readouterr()
+    teach.lm_eval_rows([a], tok, ("course_ppl",), limit=2)
+    assert "%|" not in capfd.readouterr().err  # lm-eval's progress bars are swallowed

@@ -3,6 +3,7 @@
     stats = channel_stats(model, calib)                         # mean and max |x| per input channel, every linear
     keep_salient(model_copy, stats, bits=3, fraction=0.01, by="activation")   # RTN, 1% of columns kept in float
     rows = scaling_rows(W, x, channel, scales=(1, 2, 4))         # one channel scaled up: its error and the group's step
+    lm_eval_rows(models, tok, tasks=("course_ppl",), limit=24)  # lm-eval's metrics of several models (needs lm_eval)
 """
 
 from __future__ import annotations
@@ -117,4 +118,20 @@ def scaling_rows(W: torch.Tensor, x: torch.Tensor, channel: int, scales=(1.0, 1.
         is_max = (W * scale)[:, grp].abs().argmax(dim=1) == channel - grp.start
         rows.append({"s": s, "step": step / base[0], "channel error": ch_err / base[1], "output MSE": out_mse,
                      "rows where it sets the step": is_max.float().mean().item()})
+    return rows
+
+
+def lm_eval_rows(models: list[nn.Module], tokenizer, tasks, limit: int | None = None) -> list[dict]:
+    """lm-eval's headline metrics (course_lib.lm_eval_tasks.evaluate) for each model, in order, with lm-eval's
+    progress bars (stderr) and log lines below ERROR silenced. Needs lm_eval."""
+    import contextlib
+    import io
+
+    from ..env import quiet_loggers
+    from ..lm_eval_tasks import evaluate
+
+    rows = []
+    for m in models:
+        with quiet_loggers("lm_eval"), contextlib.redirect_stderr(io.StringIO()):
+            rows.append(evaluate(m, tokenizer, tasks=tasks, limit=limit))
     return rows
