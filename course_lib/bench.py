@@ -9,7 +9,7 @@
     python -m course_lib.bench attention [--name ...] [--tune quick|full] [--smoke]
     python -m course_lib.bench sparse24 [--name ...]
     python -m course_lib.bench prune-sweep [--threads 1] [--name ...]     (CPU: chapter 07's perplexity sweep)
-    python -m course_lib.bench distill [--profile large] [--part all|white|extras|encoder] [--name ...]  (chapter 08)
+    python -m course_lib.bench distill [--profile large] [--part all|white|extras|encoder|seeds] [--name ...]  (chapter 08)
 
 Timing follows the usual GPU rules: warm-up first, CUDA events around many repetitions, the
 median reported, and enough distinct weight matrices in rotation that the 50 MB L2 cache of an
@@ -491,10 +491,14 @@ def main(argv: list[str] | None = None) -> int:
                         "teacher's text), context distillation, the encoder, and the compression table")
     ds.add_argument("--profile", default="large", choices=["small", "medium", "large"])
     ds.add_argument("--device", default=None, help="cuda or cpu (default: cuda when there is one)")
-    ds.add_argument("--part", default="all", choices=["all", "white", "extras", "encoder"],
+    ds.add_argument("--part", default="all", choices=["all", "white", "extras", "encoder", "seeds"],
                     help="white: the four students and the compression table; extras: decoding, context distillation, "
-                         "the encoder; encoder: the encoder experiment over --seeds")
-    ds.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of --part encoder")
+                         "the encoder; encoder: the encoder experiment over --seeds; seeds: the CE-only and logit-KD "
+                         "students over --seeds, trained concurrently (not part of all)")
+    ds.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of --part encoder and seeds")
+    ds.add_argument("--steps", type=int, default=None, help="--part seeds: fewer training steps than the profile's")
+    ds.add_argument("--workers", type=int, default=None,
+                    help="--part seeds: trainings at once, one process each (default: all on CUDA, 1 on CPU)")
     ds.add_argument("--name", default=None, help="result file name (default: <device>_distill[_extras])")
     args = parser.parse_args(argv)
     try:
@@ -521,10 +525,16 @@ def main(argv: list[str] | None = None) -> int:
 
             record_sweep(args.name, threads=args.threads)
         elif args.bench == "distill":
-            from .distill.experiments import record_distill
+            if args.part == "seeds":
+                from .distill.seeds import record_seeds
 
-            record_distill(args.name, profile=args.profile, device=args.device, part=args.part,
-                           seeds=tuple(args.seeds))
+                record_seeds(args.name, profile=args.profile, seeds=tuple(args.seeds), steps=args.steps,
+                             device=args.device, workers=args.workers)
+            else:
+                from .distill.experiments import record_distill
+
+                record_distill(args.name, profile=args.profile, device=args.device, part=args.part,
+                               seeds=tuple(args.seeds))
         elif args.bench == "awq-seeds":
             from .awq.bench import record_seed_spread
 

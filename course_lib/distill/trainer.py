@@ -135,14 +135,21 @@ class DistillRun:
     params: int
     seconds: float
     log: list[dict] = field(default_factory=list)
+    best_state: dict | None = None  # the weights at the lowest validation loss (train_student(keep_best=True))
 
     @property
     def final(self) -> dict:
         return self.log[-1]
 
+    @property
+    def best(self) -> dict:
+        """The evaluation row with the lowest validation loss (the best checkpoint)."""
+        return min((r for r in self.log if "val_loss" in r), key=lambda r: r["val_loss"])
+
 
 def train_student(student, source: Callable[[torch.Generator], Batch], cfg: DistillConfig, *, teacher=None,
-                  evalset: EvalSet | None = None, name: str = "student", progress: bool = True) -> DistillRun:
+                  evalset: EvalSet | None = None, name: str = "student", progress: bool = True,
+                  keep_best: bool = False) -> DistillRun:
     """Train `student` for cfg.steps steps on batches from `source`; returns the evaluation log.
 
     teacher: None trains on the labels alone (CE); a model makes every step a distillation step:
@@ -150,7 +157,11 @@ def train_student(student, source: Callable[[torch.Generator], Batch], cfg: Dist
     source(generator) -> (input_ids, labels): labels aligned with the logits, IGNORE_INDEX where
       nothing is scored (a prompt). The same seed gives the same batches, the same initial state
       (seeded here) and so the same run.
+    keep_best: keep a copy of the weights at the evaluation with the lowest validation loss in
+      ``run.best_state`` (needs an evalset), to score the best checkpoint afterwards.
     """
+    if keep_best and evalset is None:
+        raise ValueError("keep_best needs an evalset: the best checkpoint is the one with the lowest validation loss.")
     device = next(student.parameters()).device
     if teacher is not None:
         t_vocab, s_vocab = teacher.config.vocab_size, student.config.vocab_size
@@ -170,6 +181,8 @@ def train_student(student, source: Callable[[torch.Generator], Batch], cfg: Dist
                "train_loss": running.item() / count if count else None, "seconds": time.perf_counter() - start}
         if evalset is not None:
             row.update(evaluate(student, evalset))
+            if keep_best and (run.best_state is None or row["val_loss"] < run.best["val_loss"]):
+                run.best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
         run.log.append(row)
 
     student.train()
