@@ -279,3 +279,19 @@ def test_recovery_lowers_the_training_loss(bundled, lora_rank):
     prune_heads(again, {0: [1]}, mode="kv_group")
     prune_mlp_channels(again, {1: list(range(64))})
     assert recover(again, tok, **kwargs).losses == result.losses  # deterministic on CPU
+
+
+def test_seed_llm_pruner_stops_at_its_undefined_threshold():
+    """Seed 003 §6.3.2's llm_pruner computes the importance, then compares with a `threshold` nobody defines."""
+    from course_lib.prune.structured_select import seed_llm_pruner, seed_llm_pruner_helpers
+
+    model = models.tiny_model("llama")
+    helpers = seed_llm_pruner_helpers(model, _ids(), tokenizer=None)
+    scores = helpers["compute_neuron_importance"](model)
+    groups = helpers["identify_dependency_groups"](model)
+    widths = [layer.mlp.gate_proj.out_features for layer in model.model.layers]
+    assert len(scores) == len(groups) == sum(widths) and all(s >= 0 for s in scores.values())
+    before = count_params(model)
+    with pytest.raises(NameError, match="threshold"):
+        seed_llm_pruner(model, 0.2, **helpers)
+    assert count_params(model) == before  # nothing was pruned

@@ -12,7 +12,7 @@ from course_lib.prune.model import model_sparsity, prune_model
 from course_lib.prune.sparsegpt import sparsegpt_prune_weight
 from course_lib.prune.unstructured import (check_sparsity, magnitude_mask, mask_from_scores, nm_violations,
                                            norms_from_hessian, parse_nm, seed_magnitude_pruning, sparsity_of,
-                                           wanda_mask)
+                                           wanda_mask, wanda_scores)
 from course_lib.tokens import calibration_batches
 
 
@@ -173,3 +173,10 @@ def test_bad_input():
         prune_model(model, None, "magnitude", nm="1:3")
     with pytest.raises(ValueError, match="unsupported architecture"):
         prune_model(tiny_model("gpt2"), None, "magnitude")
+
+
+def test_wanda_moves_the_input_norms_to_the_weights_device():
+    # the norms come from the calibration pass, possibly on another device than the weight (a CUDA model's W and
+    # norms computed on CPU); on "meta" the product would raise if the norms stayed on the CPU
+    W, x_norm = torch.empty(4, 8, device="meta"), torch.ones(8)
+    assert wanda_scores(W, x_norm).device.type == "meta"

@@ -216,3 +216,48 @@ def structured_prune(model, calibration=None, *, target: str = "both", ratio: fl
     report.layer_params_after = [count_params(layer) for layer in layers]
     report.total_params_after = count_params(model)
     return report
+
+
+# --- seed 003 §6.3.2 ---------------------------------------------------------------------------
+
+def seed_llm_pruner(model, target_sparsity=0.2, *, compute_neuron_importance, identify_dependency_groups,
+                    prune_group, apply_lora_to_pruned_model):
+    """Seed 003 §6.3.2's ``llm_pruner``, line for line; the seed never defines its four helpers, so they
+    are passed in (``seed_llm_pruner_helpers`` builds them from course_lib).
+
+    ``threshold`` is defined nowhere: the call raises NameError at the first group, after the
+    importance is computed. ``target_sparsity``, the one number the caller chooses, is never read.
+    """
+    # 1. importance of every neuron
+    importance_scores = compute_neuron_importance(model)
+    # 2. dependency groups
+    groups = identify_dependency_groups(model)
+    # 3. group-level pruning
+    for group in groups:
+        group_importance = sum(importance_scores[neuron] for neuron in group)
+        if group_importance < threshold:  # noqa: F821 -- undefined in the seed; kept to show it
+            prune_group(model, group)
+    # 4. quick recovery training (LoRA)
+    apply_lora_to_pruned_model(model)
+    return model
+
+
+def seed_llm_pruner_helpers(model, calibration, tokenizer) -> dict:
+    """The seed's four helpers from course_lib: Taylor importance of every MLP channel (a neuron is
+    (layer, channel)), one dependency group per channel (its gate and up rows, its down column),
+    removal of the groups marked by prune_group, then a short LoRA recovery (``recover``)."""
+    from .recover import recover
+
+    scores = mlp_importance(model, calibration, method="taylor").tolist()
+    marked: dict[int, list[int]] = defaultdict(list)
+
+    def remove_marked_and_recover(m) -> None:
+        prune_mlp_channels(m, dict(marked))  # all at once: removing one channel renumbers the rest
+        recover(m, tokenizer, steps=40, batch_size=4, lora_rank=8)
+
+    return {
+        "compute_neuron_importance": lambda m: {(i, c): s for i, row in enumerate(scores) for c, s in enumerate(row)},
+        "identify_dependency_groups": lambda m: [[(i, c)] for i, row in enumerate(scores) for c in range(len(row))],
+        "prune_group": lambda m, group: [marked[i].append(c) for i, c in group],
+        "apply_lora_to_pruned_model": remove_marked_and_recover,
+    }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import statistics
 import time
 
 import torch
@@ -158,3 +159,66 @@ def record_sweep(name: str | None = None, threads: int = 1) -> None:
         summary={"dense_ppl": dense, **{k: list(v) if isinstance(v, tuple) else v for k, v in CPU_SWEEP.items()}},
         command=f"python -m course_lib.bench prune-sweep --threads {threads}")
     print(f"wrote {path}")
+
+
+# What notebook 07's section 7 shows of the 2:4 recording (python -m course_lib.bench sparse24):
+# one short table per level and a plot, instead of every shape at every token count.
+SPARSE24_SERIES = (("2:4 cuSPARSELt", "kernel_speedup", "2:4, kernels only"),
+                   ("2:4 cuSPARSELt", "speedup", "2:4, PyTorch eager"),
+                   ("dense 50% zeros", "speedup", "dense, 50% zeros"),
+                   ("CSR 50%", "speedup", "CSR 50% (cuSPARSE)"))
+
+
+def _series(rows: list[dict], fmt: str, column: str, dtype: str) -> dict[int, list[float]]:
+    """{tokens: [speed over dense of every recorded shape]} for one format and column (untimed cells left out)."""
+    out: dict[int, list[float]] = {}
+    for r in rows:
+        if r["format"] == fmt and r["dtype"] == dtype and r.get(column) is not None:
+            out.setdefault(r["tokens"], []).append(r[column])
+    return dict(sorted(out.items()))
+
+
+def sparse24_overview(rows: list[dict], tokens=(1, 16, 2048, 8192), dtype: str = "float16") -> list[dict]:
+    """Speed over dense cuBLAS, the median over the recorded Llama shapes, at a few token counts M."""
+    table = []
+    for fmt, column, label in SPARSE24_SERIES:
+        series = _series(rows, fmt, column, dtype)
+        table.append({"linear layer": label, **{f"M={m}": statistics.median(series[m]) if m in series else None
+                                                for m in tokens}})
+    return table
+
+
+def sparse24_mlp_rows(mlp: list[dict]) -> list[dict]:
+    """The whole-MLP-block recording as one row per (block, timing): 2:4 cuSPARSELt's speed over dense at each M."""
+    table = []
+    for block in dict.fromkeys(r["block"] for r in mlp):
+        for column, label in (("kernel_speedup", "kernels only"), ("speedup", "PyTorch eager")):
+            table.append({"MLP block": f"{block}, {label}",
+                          **{f"M={r['tokens']}": r[column] for r in mlp
+                             if r["block"] == block and r["format"] == "2:4 cuSPARSELt"}})
+    return table
+
+
+def plot_sparse24(axes, rows: list[dict], mlp: list[dict], dtype: str = "float16") -> None:
+    """Left: one linear layer, median over the shapes (band: min to max). Right: a whole MLP block, 2:4."""
+    from ..plotting import PALETTE
+
+    ax = axes[0]
+    for k, (fmt, column, label) in enumerate(SPARSE24_SERIES):
+        series = _series(rows, fmt, column, dtype)
+        m = list(series)
+        ax.plot(m, [statistics.median(v) for v in series.values()], marker="o", color=PALETTE[k], label=label)
+        ax.fill_between(m, [min(v) for v in series.values()], [max(v) for v in series.values()], color=PALETTE[k],
+                        alpha=0.2)
+    ax.set(title="one linear layer (Llama-7B/8B shapes)")
+    ax = axes[1]
+    for k, block in enumerate(dict.fromkeys(r["block"] for r in mlp)):
+        pts = [r for r in mlp if r["block"] == block and r["format"] == "2:4 cuSPARSELt"]
+        for column, style, label in (("kernel_speedup", "-", "kernels only"), ("speedup", "--", "eager")):
+            ax.plot([r["tokens"] for r in pts], [r[column] for r in pts], style, marker="o", color=PALETTE[k],
+                    label=f"{block}, {label}")
+    ax.set(title="a whole MLP block, 2:4")
+    for ax in axes:
+        ax.axhline(1, color="gray", linestyle=":")
+        ax.set(xscale="log", yscale="log", xlabel="tokens M", ylabel="speed over dense (x)")
+        ax.legend(fontsize=8)
