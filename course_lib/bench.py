@@ -4,6 +4,8 @@
     python -m course_lib.bench prefill-decode [--name h100_prefill_decode]
     python -m course_lib.bench gptq-time [--device cpu|cuda] [--tools ...] [--bits 4 3] [--threads 2]
     python -m course_lib.bench awq-time [--device cpu|cuda] [--tools ...] [--bits 4] [--threads 2]
+    python -m course_lib.bench gptq-grids [--seeds 0 1 2 3 4] [--bits 4] [--threads 1]  (CPU: chapter 03's RTN grids)
+    python -m course_lib.bench qat-control [--lrs 5e-4 1e-4 3e-5 1e-5] [--threads 1]  (CPU: chapter 02's QAT control)
     python -m course_lib.bench awq-seeds [--seeds 0 1 2 3 4] [--bits 4 3] [--threads 1]  (CPU: chapter 04's ranking)
     python -m course_lib.bench kv-decode [--device cpu|cuda] [--model tiny] [--threads 2] [--name ...]
     python -m course_lib.bench attention [--name ...] [--tune quick|full] [--smoke]
@@ -469,6 +471,17 @@ def main(argv: list[str] | None = None) -> int:
     aw.add_argument("--bits", type=int, nargs="+", default=[4, 3])
     aw.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: as the notebooks' canonical run)")
     aw.add_argument("--name", default=None, help="result file name (default: cpu_awq_gptq_seeds)")
+    gg = sub.add_parser("gptq-grids", help="chapter 03: RTN and GPTQ on the three 4-bit grids over several "
+                        "calibration draws, on CPU")
+    gg.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    gg.add_argument("--bits", type=int, nargs="+", default=[4])
+    gg.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: as the notebooks' canonical run)")
+    gg.add_argument("--name", default=None, help="result file name (default: cpu_gptq_grids)")
+    qc = sub.add_parser("qat-control", help="chapter 02: QAT and its plain fine-tune control at several learning "
+                        "rates, on CPU")
+    qc.add_argument("--lrs", type=float, nargs="+", default=[5e-4, 1e-4, 3e-5, 1e-5])
+    qc.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: as the notebooks' canonical run)")
+    qc.add_argument("--name", default=None, help="result file name (default: cpu_qat_control)")
     kv = sub.add_parser("kv-decode", help="time per decode step against position, with/without the KV cache")
     kv.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
     kv.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -539,6 +552,14 @@ def main(argv: list[str] | None = None) -> int:
             from .awq.bench import record_seed_spread
 
             record_seed_spread(args.name, seeds=tuple(args.seeds), bits=tuple(args.bits), threads=args.threads)
+        elif args.bench == "gptq-grids":
+            from .gptq.bench import record_grid_spread
+
+            record_grid_spread(args.name, seeds=tuple(args.seeds), bits=tuple(args.bits), threads=args.threads)
+        elif args.bench == "qat-control":
+            from .quant.bench import record_control_sweep
+
+            record_control_sweep(args.name, lrs=tuple(args.lrs), threads=args.threads)
         elif args.bench in ("gptq-time", "awq-time"):
             record_quant_time(args.bench.split("-")[0], args.device, tuple(args.bits), tuple(args.tools), args.threads,
                               args.repeats, args.name)

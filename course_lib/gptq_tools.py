@@ -43,7 +43,7 @@ from .gptq_tools_status import AUTOGPTQ_STATUS, CHECKED_ON
 
 __all__ = [
     "ToolRun", "SUPPORTED_BITS", "quantize_with_gptqmodel", "quantize_with_llmcompressor", "load_quantized",
-    "checkpoint_summary", "dir_size_bytes", "describe_autogptq_status",
+    "checkpoint_summary", "score_run", "dir_size_bytes", "describe_autogptq_status",
 ]
 
 SUPPORTED_BITS = (2, 3, 4, 8)  # what the GPTQ checkpoint format and transformers' GPTQConfig accept
@@ -365,6 +365,19 @@ def checkpoint_summary(out_dir) -> dict:
                 tensors[suffix][dtype] += 1
     return dict(method=qc["quant_method"], format=fmt_name, bits=bits, group_size=group, sym=sym,
                 act_order=order, activations=activations, tensors=tensors)
+
+
+def score_run(run: ToolRun, tokenizer, label: str | None = None) -> dict:
+    """One JSON-ready row for a notebook: who quantized (label and version), the checkpoint's method and
+    format, the FAST perplexity of the checkpoint loaded back with transformers, the tool's seconds and
+    the bytes of its weights file(s)."""
+    from .perplexity import perplexity
+
+    summary = checkpoint_summary(run.out_dir)
+    return {"quantized by": f"{label or run.library} {run.version}",
+            "format": f"{summary['method']} / {summary['format']}",
+            "perplexity": perplexity(load_quantized(run.out_dir), tokenizer).ppl, "seconds": run.seconds,
+            "weights bytes": sum(p.stat().st_size for p in Path(run.out_dir).glob("*.safetensors"))}
 
 
 def dir_size_bytes(path) -> int:

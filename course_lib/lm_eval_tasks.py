@@ -41,6 +41,7 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import random
 import re
 import shlex
@@ -483,6 +484,40 @@ def evaluate(model, tokenizer, tasks=TASKS, limit: int | float | None = None, ba
         for metric in HEADLINE[task]:
             scores[metric] = float(row[f"{metric},none"])
     return scores
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% for z = 1.96) of a proportion: `successes` of `n` items.
+
+    An accuracy measured on n items is a binomial proportion; on 16 items one item is 6 points. Pass
+    ``acc * n`` as `successes` (rounded to the nearest whole item)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive number of items, got {n!r}.")
+    k = round(successes)
+    if not 0 <= k <= n:
+        raise ValueError(f"successes must be between 0 and n = {n}, got {successes!r}.")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def items_evaluated(task: str, limit: int | float | None = None) -> int:
+    """How many documents of `task` an evaluation with lm-eval's `limit` scores (an int caps the count, a
+    float below 1 is a fraction, None means all), counted from the stored task data."""
+    n = len(load_docs(task))
+    if limit is None:
+        return n
+    return min(n, int(limit) if limit >= 1 else math.ceil(n * limit))  # lm-eval's own rounding
+
+
+def gold_positions(task: str = NEXTLINE_TASK, limit: int | None = None) -> list[int]:
+    """How often the true next line sits at each position (0..N_CHOICES-1) among the first `limit` items:
+    a task whose answers cluster at one position would reward a position bias."""
+    counts = [0] * N_CHOICES
+    for doc in load_docs(task)[:limit]:
+        counts[doc["label"]] += 1
+    return counts
 
 
 def _show(path: Path, relative_to: Path | None) -> str:

@@ -200,3 +200,21 @@ def test_argument_errors():
     with pytest.raises(ValueError, match="percdamp"):
         gptq_quantize_weight(W, H, 4, percdamp=-1)
     assert gptq_quantize_weight(W, H, 4, group_size=-1).group_size is None  # -1 and None mean per-channel
+
+
+def test_restricted_grid_gptq_uses_chapter_02s_grid():
+    """restricted=True: the same algorithm on the restricted symmetric grid [-(2^(b-1)-1), 2^(b-1)-1] with
+    s = max|w| / qmax. With a diagonal H it is exactly chapter 02's RTN; with a real H it beats that RTN."""
+    W, H, _ = _problem()
+    D = torch.diag(torch.diag(H))
+    cases = [(4, 32, dict(granularity="group", group_size=32)), (3, None, dict(granularity="channel"))]
+    for bits, group_size, kw in cases:
+        res = gptq_quantize_weight(W, D, bits, group_size=group_size, restricted=True)
+        assert torch.equal(res.qweight_float, fake_quantize(W, bits, restricted=True, **kw))
+        codes = gptq_quantize_weight(W, H, bits, group_size=group_size, restricted=True).codes
+        assert int(codes.min()) >= -(2 ** (bits - 1) - 1) and int(codes.max()) <= 2 ** (bits - 1) - 1
+    rtn = fake_quantize(W, 3, restricted=True, granularity="group", group_size=32)
+    gptq = gptq_quantize_weight(W, H, 3, group_size=32, restricted=True).qweight_float
+    assert teach.quadratic_loss(gptq - W, H) < 0.8 * teach.quadratic_loss(rtn - W, H)
+    with pytest.raises(ValueError, match="symmetric"):
+        gptq_quantize_weight(W, H, 4, symmetric=False, restricted=True)

@@ -153,3 +153,44 @@ def test_rtn_result_packs_into_quantlinear():
 def test_quantize_grid_rejects_unknown_methods():
     with pytest.raises(ValueError, match="method"):
         teach.quantize_grid(torch.nn.Linear(2, 2), None, torch.zeros(1, 1, dtype=torch.long), [{"method": "SpQR"}])
+
+
+def test_quantize_grid_names_each_grid_and_rejects_a_restricted_awq(tmp_path):
+    from course_lib.models import load_tokenizer, tiny_model
+    from course_lib.perplexity import Protocol
+
+    model = tiny_model("llama")
+    calib = torch.randint(0, 100, (2, 16))
+    configs = [{"method": "FP"}] + [{"method": m, "bits": 4, "group_size": 128, **g} for m in ("RTN", "GPTQ")
+                                     for g in ({"restricted": True}, {}, {"symmetric": False})]
+    kept = {}
+    rows = teach.quantize_grid(model, load_tokenizer(), calib, configs, protocol=Protocol(max_tokens=512), keep=kept)
+    assert [r["grid"] for r in rows] == ["-"] + 2 * ["restricted symmetric [-7, 7]", "GPTQ's grid [-8, 7]",
+                                                     "asymmetric [0, 15]"]
+    rtn_restricted = kept[1][0].model.layers[0].mlp.down_proj.weight
+    assert len(torch.unique(rtn_restricted[0, :128])) <= 15  # [-7, 7]: at most 15 values in a group
+    with pytest.raises(ValueError, match="restricted"):
+        teach.quantize_grid(model, None, calib, [{"method": "AWQ", "bits": 4, "restricted": True}])
+
+
+def test_grid_summary_names_a_winner_only_beyond_the_spread():
+    from course_lib.gptq.bench import grid_summary
+
+    def rows(rtn, gptq):
+        return ([{"grid": "g", "bits": 4, "method": "RTN", "seed": None, "ppl_fast": rtn}]
+                + [{"grid": "g", "bits": 4, "method": "GPTQ", "seed": i, "ppl_fast": p} for i, p in enumerate(gptq)])
+
+    assert grid_summary(rows(45.0, [44.5, 44.6, 44.55]))[0]["verdict"] == "GPTQ lower"  # margin 0.45 > spread 0.1
+    assert grid_summary(rows(44.9, [44.5, 44.7, 44.6]))[0]["verdict"] == "GPTQ lower"   # mean margin 0.3 > spread 0.2
+    assert grid_summary(rows(44.9, [44.5, 44.8, 44.6]))[0]["verdict"] == "tie"          # margin 0.27 < spread 0.3
+    assert grid_summary(rows(44.6, [44.5, 44.7, 44.6]))[0]["verdict"] == "tie"          # a seed on each side
+    assert grid_summary(rows(44.9, [44.4, 44.95]))[0]["verdict"] == "tie"               # one seed above RTN
+    assert grid_summary(rows(44.4, [44.6, 44.65]))[0]["verdict"] == "RTN lower"
+    summary = grid_summary(rows(45.0, [44.5, 44.6]))[0]
+    assert summary["GPTQ spread"] == pytest.approx(0.1) and summary["RTN - GPTQ mean"] == pytest.approx(0.45)
+    with pytest.raises(ValueError, match="No RTN row"):
+        grid_summary(rows(45.0, [44.5])[1:])
+    from course_lib.gptq.bench import grid_rows
+
+    with pytest.raises(ValueError, match="distinct"):
+        grid_rows(seeds=(0, 0))

@@ -88,6 +88,10 @@ def test_gptqmodel_quantizes_and_transformers_reloads(gptqmodel_run, tokenizer, 
     assert len(kernels) == N_LAYERS and all(k.qweight.dtype == torch.int32 for k in kernels)
     assert type(model.lm_head) is torch.nn.Linear
     _check_reloaded(model, tokenizer, float_ppl)
+    row = gptq_tools.score_run(run, tokenizer, "GPTQModel")
+    assert row["quantized by"] == f"GPTQModel {run.version}" and row["format"] == "gptq / gptq"
+    assert row["perplexity"] == pytest.approx(perplexity(model, tokenizer).ppl) and row["seconds"] == run.seconds
+    assert row["weights bytes"] == (run.out_dir / "model.safetensors").stat().st_size
 
 
 @pytest.mark.slow

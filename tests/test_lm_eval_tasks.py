@@ -223,6 +223,31 @@ def test_full_nextline_task_beats_chance():
     assert scores["acc_mutual_info"] > 0.45
 
 
+def test_wilson_interval_known_values_and_errors():
+    lo, hi = lt.wilson_interval(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)  # textbook value
+    lo, hi = lt.wilson_interval(0.1875 * 16, 16)  # 3 of 16: the small profile's float-model acc
+    assert lo < 0.25 < hi and lo == pytest.approx(0.0659, abs=1e-4) and hi == pytest.approx(0.4301, abs=1e-4)
+    assert lt.wilson_interval(0, 10)[0] == 0.0 and lt.wilson_interval(10, 10)[1] == 1.0
+    n = 300  # a larger sample narrows the interval around the same proportion
+    assert lt.wilson_interval(0.3 * n, n)[1] - lt.wilson_interval(0.3 * n, n)[0] < 0.11
+    with pytest.raises(ValueError, match="positive number of items"):
+        lt.wilson_interval(1, 0)
+    with pytest.raises(ValueError, match="between 0 and n"):
+        lt.wilson_interval(17, 16)
+
+
+def test_items_evaluated_and_gold_positions():
+    assert lt.items_evaluated(lt.NEXTLINE_TASK, 16) == 16
+    assert lt.items_evaluated(lt.NEXTLINE_TASK) == lt.items_evaluated(lt.NEXTLINE_TASK, 10_000) == 300
+    assert lt.items_evaluated(lt.NEXTLINE_TASK, 0.1) == 30
+    counts = lt.gold_positions()
+    assert sum(counts) == 300 and len(counts) == lt.N_CHOICES
+    # chi-square against a uniform position: far below the 5% critical value 7.81 (3 degrees of freedom)
+    assert sum((c - 75) ** 2 / 75 for c in counts) < 7.81
+    assert sum(lt.gold_positions(limit=16)) == 16
+
+
 # --- the lm_eval command line --------------------------------------------------------------
 
 

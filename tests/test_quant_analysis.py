@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from course_lib.models import linear_layers, tiny_model
-from course_lib.quant.activations import activation_stats, by_layer_kind, capture_inputs, range_rows, weight_ratios
+from course_lib.quant.activations import (
+    activation_stats,
+    by_layer_kind,
+    capture_inputs,
+    memory_split,
+    range_rows,
+    saved_activation_bytes,
+    weight_ratios,
+)
 from course_lib.quant.analysis import (
     aggregate_rel_error,
     codes_used,
@@ -79,15 +87,15 @@ def test_symmetric_grids():
     w = weight(4)
     for bits in (2, 3, 4, 8):
         grids = symmetric_grids(bits)
-        q_r, w_r = symmetric_grid_quantize(w, bits, "restricted")
+        q_r, w_r = symmetric_grid_quantize(w, bits, "restricted symmetric")
         q_f, w_f = symmetric_grid_quantize(w, bits, "full, s=max/qmax")
         assert torch.equal(w_r, w_f)  # the same scale: -2^(b-1) is never reached
         for name, (d, qmin, qmax) in grids.items():
             q, w_hat = symmetric_grid_quantize(w, bits, name, group_size=64)
             assert q.min() >= qmin and q.max() <= qmax
-    assert codes_used(w, 2, "restricted") == 3 and codes_used(w, 2, "full, s=max/2^(b-1)") == 4
+    assert codes_used(w, 2, "restricted symmetric") == 3 and codes_used(w, 2, "full, s=max/2^(b-1)") == 4
     rows = grid_table(w, bits=(2, 8))
-    assert rows[0]["full, s=max/2^(b-1)"] < rows[0]["restricted"]
+    assert rows[0]["full, s=max/2^(b-1)"] < rows[0]["restricted symmetric"]
     with pytest.raises(ValueError, match="Unknown grid"):
         symmetric_grid_quantize(w, 4, "nope")
 
@@ -174,6 +182,29 @@ def test_rtn_sweep_leaves_model_alone(model):
     # with `stream` given, perplexity never touches the tokenizer
     rows = rtn_sweep(model, None, configs, protocol=Protocol(seq_len=64, stride=64, max_tokens=None), stream=stream)
     assert [r["granularity"] for r in rows] == ["channel", "group 64"]
+    assert [r["grid"] for r in rows] == ["restricted symmetric [-127, 127]", "restricted symmetric [-1, 1]"]
     assert rows[0]["weight rel error"] < rows[1]["weight rel error"]
     assert all(math.isfinite(r["perplexity"]) for r in rows)
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_memory_split_matches_the_size_formulas():
+    from course_lib.kv.sizes import load_config
+
+    cfg = load_config("Llama-2-7b-hf")  # 32 layers, 32 KV heads of 128, hidden 4096, MLP 11008
+    m = memory_split(cfg, batch=16, seq_len=4096)
+    assert m["weights B"] == 6_738_415_616 * 2
+    assert m["KV cache B"] == 2 * 16 * 32 * 32 * 128 * 4096 * 2  # K and V x batch x layers x heads x dim x tokens x bytes
+    assert m["activations, prefill B"] == 16 * 4096 * (2 * 4096 + 3 * 11008) * 2
+    assert m["activations, decode step B"] == m["activations, prefill B"] / 4096
+    assert memory_split(cfg, batch=1, seq_len=8, bytes_per_element=1)["weights B"] == m["weights B"] / 2
+
+
+def test_saved_activation_bytes_grow_with_the_batch_and_leave_the_model_alone(model):
+    ids = torch.randint(0, model.config.vocab_size, (4, 32), generator=torch.Generator().manual_seed(0))
+    model.train()
+    one, two = saved_activation_bytes(model, ids[:2]), saved_activation_bytes(model, ids)
+    assert 0 < one < two <= 2 * one + 1024 and model.training  # about linear in the tokens; mode restored
+    assert all(p.grad is None for p in model.parameters())
+    logits_bytes = 4 * 32 * model.config.vocab_size * 4  # the float32 logits are kept for the loss's backward
+    assert two > logits_bytes

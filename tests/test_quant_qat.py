@@ -90,3 +90,11 @@ def test_cost_and_bad_config(result):
         QATConfig(steps=5, warmup=5)
     with pytest.raises(ValueError, match="longer than seq_len"):
         random_windows(torch.arange(10), 2, 10, torch.Generator())
+
+
+def test_control_sweep_rejects_bad_learning_rates():
+    from course_lib.quant.bench import control_rows
+
+    for bad in ((), (0.0,), (1e-4, -1e-4)):
+        with pytest.raises(ValueError, match="positive learning rates"):
+            control_rows(bad)

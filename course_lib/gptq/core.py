@@ -74,12 +74,17 @@ class GPTQResult:
 
 
 def group_params(w: torch.Tensor, bits: int, symmetric: bool,
-                 scale_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+                 scale_dtype: torch.dtype = torch.float32,
+                 restricted: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point per row of w (out, k), shapes (out, 1), on GPTQ's grid
-    (course_lib.quant.affine.compute_scale_zero with gptq_grid=True; symmetric: s = 2 max|w| / (2^b - 1)).
+    (course_lib.quant.affine.compute_scale_zero with gptq_grid=True; symmetric: s = 2 max|w| / (2^b - 1)),
+    or with restricted=True on the restricted symmetric grid s = max|w| / (2^(b-1) - 1), codes
+    [-(2^(b-1) - 1), 2^(b-1) - 1] (chapter 02's RTN grid; not GPTQ's, only for like-for-like comparisons).
     With scale_dtype=float16 the scale is rounded to what a GPTQ checkpoint stores and the (asymmetric)
     zero point is recomputed from it."""
-    scale, zero = compute_scale_zero(w, bits, symmetric, gptq_grid=True)
+    if restricted and not symmetric:
+        raise ValueError("restricted=True is a symmetric grid; use symmetric=True with it.")
+    scale, zero = compute_scale_zero(w, bits, symmetric, restricted=restricted, gptq_grid=not restricted)
     if scale_dtype != torch.float32:
         scale = scale.to(scale_dtype).to(torch.float32)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # underflow in float16: any s works
@@ -122,7 +127,7 @@ def _check_tensors(W: torch.Tensor, H: torch.Tensor, name: str) -> None:
 def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, bits: int = 4, *, group_size: int | None = 128,
                          symmetric: bool = True, act_order: bool = False, static_groups: bool = False,
                          blocksize: int = 128, percdamp: float = 0.01, scale_dtype: torch.dtype = torch.float32,
-                         name: str = "layer") -> GPTQResult:
+                         restricted: bool = False, name: str = "layer") -> GPTQResult:
     """Quantize W (out, in) to `bits` with GPTQ given the layer Hessian H (in, in); see the module docstring.
 
     group_size: inputs per scale (None or -1: one scale per output row).
@@ -133,12 +138,16 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, bits: int = 4, *, gro
       computed when its first column comes up, from the error-updated weights of the group's
       columns in processing order (with act_order, g_idx = position in that order // group_size).
     scale_dtype: float16 rounds scales to what a GPTQ checkpoint stores (exact export round trip).
+    restricted: round to the restricted symmetric grid (codes -(2^(b-1)-1) .. 2^(b-1)-1, s = max|w| / qmax)
+      instead of GPTQ's (see group_params): the same algorithm on chapter 02's RTN grid.
     """
     _check_tensors(W, H, name)
     g = check_gptq_args(W.shape[1], bits, group_size, blocksize, name)
     out_f, cols = W.shape
     dtype = W.dtype
-    qmin, qmax = qrange(bits, symmetric)
+    if restricted and not symmetric:
+        raise ValueError(f"{name}: restricted=True is a symmetric grid; use symmetric=True with it.")
+    qmin, qmax = qrange(bits, symmetric, restricted=restricted)
     W = W.detach().to(torch.float32).clone()
     H = H.detach().to(device=W.device, dtype=torch.float32).clone()
     fix_dead_columns(W, H)
@@ -148,10 +157,10 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, bits: int = 4, *, gro
     zeros = torch.zeros(out_f, n_groups, device=W.device)
     if g and static_groups:  # from the original W, before any column moves or error update
         for k in range(n_groups):
-            s, z = group_params(W[:, k * g:(k + 1) * g], bits, symmetric, scale_dtype)
+            s, z = group_params(W[:, k * g:(k + 1) * g], bits, symmetric, scale_dtype, restricted)
             scales[:, k], zeros[:, k] = s[:, 0], z[:, 0]
     elif not g:  # per-channel: the whole row, also from the original W (as in the reference)
-        s, z = group_params(W, bits, symmetric, scale_dtype)
+        s, z = group_params(W, bits, symmetric, scale_dtype, restricted)
         scales[:, 0], zeros[:, 0] = s[:, 0], z[:, 0]
 
     perm = None
@@ -173,7 +182,8 @@ def gptq_quantize_weight(W: torch.Tensor, H: torch.Tensor, bits: int = 4, *, gro
         for i in range(i2 - i1):
             j = i1 + i                    # position in processing order
             if g and not static_groups and j % g == 0:  # a dynamic group starts: fit it to current weights
-                s, z = group_params(_current_columns(W, W1, Err1, U, i1, i, j + g), bits, symmetric, scale_dtype)
+                s, z = group_params(_current_columns(W, W1, Err1, U, i1, i, j + g), bits, symmetric, scale_dtype,
+                                    restricted)
                 scales[:, j // g], zeros[:, j // g] = s[:, 0], z[:, 0]
             # static groups belong to original columns, dynamic ones to processing positions
             k = 0 if not g else (order[j] // g if static_groups else j // g)

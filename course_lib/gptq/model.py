@@ -318,7 +318,7 @@ def gptq_quantize_model(model: nn.Module, calibration: torch.Tensor, bits: int =
                         reuse_outputs: bool = True, skip: tuple[str, ...] = ("lm_head",), progress: bool = True,
                         batch_size: int = 16,
                         device: torch.device | str | None = None,
-                        scale_dtype: torch.dtype = torch.float16) -> GPTQReport:
+                        scale_dtype: torch.dtype = torch.float16, restricted: bool = False) -> GPTQReport:
     """Quantize every nn.Linear in the decoder blocks (names not ending in `skip`) with GPTQ, in place.
 
     calibration: LongTensor (n_samples, seq_len) of token ids on the model's device.
@@ -329,6 +329,7 @@ def gptq_quantize_model(model: nn.Module, calibration: torch.Tensor, bits: int =
     device: where each block is quantized (moved there and back); default: where the block is.
     scale_dtype: float16 (default) rounds scales to what a GPTQ checkpoint stores, so that the
       fake-quantized model and the exported one compute with the same weights.
+    restricted: the restricted symmetric grid instead of GPTQ's (gptq_quantize_weight), for comparisons with RTN.
     Everything is checked (architecture, layer types, group sizes, calibration) before any weight changes.
     """
     path, blocks, groups = layer_groups(model, skip, true_sequential)
@@ -347,7 +348,8 @@ def gptq_quantize_model(model: nn.Module, calibration: torch.Tensor, bits: int =
         t = time.perf_counter()
         res = gptq_quantize_weight(job.layer.weight, job.H, bits, group_size=group_size, symmetric=symmetric,
                                    act_order=act_order, static_groups=static_groups, blocksize=blocksize,
-                                   percdamp=percdamp, scale_dtype=scale_dtype, name=job.name)
+                                   percdamp=percdamp, scale_dtype=scale_dtype, restricted=restricted,
+                                   name=job.name)
         job.layer.weight.copy_(res.qweight_float)
         report.results[job.name] = res if device is None else res.to(job.home)
         report.layers.append({"name": job.name, "shape": tuple(job.layer.weight.shape), "loss": res.loss,

@@ -269,30 +269,37 @@ def quantize_grid(model, tokenizer, calibration: torch.Tensor, configs, *, proto
                   keep: dict | None = None) -> list[dict]:
     """Score each config on a fresh copy of `model`. A config: {"method": "FP" | "RTN" | "GPTQ" | "AWQ", "bits",
     "group_size" (None = per-channel), "act_order", "symmetric" (default True; AWQ's default is False),
-    "clip" and "duo" (AWQ only, default True and False), "lm_eval" (default True)}. Rows: the config, perplexity,
-    quantization seconds, and with lm_eval=True the lm-eval metrics (lm_eval_tasks.evaluate) on the first
-    lm_eval_limit items of each task (None: all of them).
+    "restricted" (RTN and GPTQ, symmetric only: the restricted grid [-(2^(b-1)-1), 2^(b-1)-1] instead of GPTQ's
+    [-2^(b-1), 2^(b-1)-1]; default False), "clip" and "duo" (AWQ only, default True and False), "lm_eval" (default
+    True)}. Rows: the config, the grid's name (course_lib.quant.grid_name), perplexity, quantization seconds, and
+    with lm_eval=True the lm-eval metrics (lm_eval_tasks.evaluate) on the first lm_eval_limit items of each task
+    (None: all of them).
     keep: a dict that receives {row index: (quantized model, GPTQReport or RTNReport or None)}."""
     from ..perplexity import FAST, perplexity
+    from ..quant.affine import grid_name
     from ..quant.rtn import quantize_model_rtn
 
     rows = []
     for cfg in configs:
         method, bits, g, ao = cfg["method"], cfg.get("bits"), cfg.get("group_size"), cfg.get("act_order", False)
         sym = cfg.get("symmetric", method != "AWQ")
+        restricted = bool(cfg.get("restricted", False))
         if method not in ("FP", "RTN", "GPTQ", "AWQ"):
             raise ValueError(f"method must be 'FP', 'RTN', 'GPTQ' or 'AWQ', got {method!r}.")
+        if restricted and (method not in ("RTN", "GPTQ") or not sym):
+            raise ValueError(f"'restricted' is a symmetric grid for RTN and GPTQ; got it with {method} "
+                             f"(symmetric={sym}). Leave it out, or use method 'RTN'/'GPTQ' with symmetric=True.")
         m, report = copy.deepcopy(model), None
         device = m.get_input_embeddings().weight.device  # token ids go where the model is (CPU or CUDA)
         t = time.perf_counter()
         if method == "RTN":
             report = quantize_model_rtn(m, bits, symmetric=sym, granularity="group" if g else "channel", group_size=g,
-                                        gptq_grid=True)  # the grid GPTQ uses: only the rounding differs
+                                        restricted=restricted, gptq_grid=not restricted)  # by default GPTQ's grid
         elif method == "GPTQ":
             from .model import gptq_quantize_model
 
             report = gptq_quantize_model(m, calibration.to(device), bits, group_size=g, symmetric=sym, act_order=ao,
-                                         progress=False)
+                                         restricted=restricted, progress=False)
         elif method == "AWQ":
             from ..awq import awq_quantize_model
 
@@ -301,6 +308,8 @@ def quantize_grid(model, tokenizer, calibration: torch.Tensor, configs, *, proto
         seconds = time.perf_counter() - t
         row = {"method": method, "bits": bits or 32, "group": f"g{g}" if g else ("channel" if bits else "-"),
                "act-order": ("on" if ao else "off") if method == "GPTQ" else "-",
+               "grid": "-" if method == "FP" else grid_name(bits, sym, restricted=restricted,
+                                                            gptq_grid=method != "AWQ" and not restricted),
                "perplexity": perplexity(m, tokenizer, protocol or FAST).ppl, "seconds": seconds}
         if lm_eval and cfg.get("lm_eval", True):
             from ..lm_eval_tasks import evaluate
@@ -311,6 +320,15 @@ def quantize_grid(model, tokenizer, calibration: torch.Tensor, configs, *, proto
             keep[len(rows)] = (m, report)
         rows.append(row)
     return rows
+
+
+def lm_eval_scores(models: dict, tokenizer, *, tasks=("course_nextline",), limit: int | None = None) -> dict:
+    """{label: lm_eval_tasks.evaluate(model, ...)} for each model, with lm-eval's progress bars and log lines
+    silenced: the headline metrics of the course tasks on the first `limit` items (None: all)."""
+    from ..lm_eval_tasks import evaluate
+
+    with _quiet_stderr("lm_eval"):
+        return {label: evaluate(m, tokenizer, tasks=tasks, limit=limit) for label, m in models.items()}
 
 
 @contextlib.contextmanager

@@ -12,6 +12,12 @@ W8A8 kernel would have to quantize. Per layer we keep
     window_absmax   max |x| per calibration window (how much the range moves with the input)
 
 and the same abs-max / median statistics for the layer's weight, for comparison.
+
+How many bytes activations take, next to the weights and the KV cache (seed 004 calls activations
+"usually the bulk of memory"):
+
+    memory_split(load_config("Llama-2-7b-hf"), batch=16, seq_len=4096)   # weights, KV cache, activations
+    saved_activation_bytes(model, input_ids)    # what a training step keeps for backward, measured
 """
 
 from __future__ import annotations
@@ -144,3 +150,50 @@ def capture_inputs(model: nn.Module, names: list[str], input_ids: torch.Tensor) 
     if missing:
         raise ValueError(f"These layers were never called in the forward pass: {missing}.")
     return captured
+
+
+# --- Activation memory, next to the weights and the KV cache ---------------------------------------
+
+def memory_split(cfg: dict, *, batch: int, seq_len: int, bytes_per_element: float = 2.0) -> dict:
+    """Bytes of a decoder-only model's weights, KV cache and inference activations for `batch` sequences of
+    `seq_len` tokens, all at `bytes_per_element` (2: fp16/bf16). `cfg` is a config.json dict.
+
+    weights           parameter_count(cfg) x bytes                (course_lib.kv.sizes, exact)
+    KV cache          kv_cache_bytes(cfg, batch, seq_len, bytes)  (course_lib.kv.sizes: 2 x layers x kv_heads x
+                      head_dim x tokens)
+    activations       the tensors alive at once at the peak of one decoder layer, batch x tokens x (2h + 3i):
+                      the residual stream and its normed copy (h each), the MLP's up projection, activated gate
+                      and their product (i each). Inference frees a layer's activations before the next layer
+                      runs, so this is the whole peak; with a fused attention kernel (SDPA flash, chapter 10) the
+                      attention scores are never stored. `prefill` counts all seq_len tokens of a prompt at
+                      once, `decode step` one new token per sequence.
+    """
+    from ..kv.sizes import kv_cache_bytes, parameter_count
+
+    h, i = cfg["hidden_size"], cfg["intermediate_size"]
+    per_token = (2 * h + 3 * i) * bytes_per_element
+    return {"weights B": parameter_count(cfg) * bytes_per_element,
+            "KV cache B": kv_cache_bytes(cfg, batch=batch, seq_len=seq_len, bytes_per_element=bytes_per_element),
+            "activations, prefill B": batch * seq_len * per_token,
+            "activations, decode step B": batch * per_token}
+
+
+def saved_activation_bytes(model: nn.Module, input_ids: torch.Tensor) -> int:
+    """Bytes of the tensors that autograd keeps for the backward pass of one training forward (next-token
+    loss on `input_ids`), parameters excluded: the activations a training step must hold. Measured with
+    torch.autograd.graph.saved_tensors_hooks, each storage counted once."""
+    storages: dict[int, int] = {}
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    was_training = model.training
+    model.eval()  # dropout off: the same tensors, deterministically
+    try:
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            model(input_ids=input_ids, labels=input_ids)
+    finally:
+        model.train(was_training)
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    return sum(n for ptr, n in storages.items() if ptr not in params)

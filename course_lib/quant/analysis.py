@@ -103,14 +103,15 @@ def group_size_table(w: Weights | torch.Tensor, bits: int = 4, group_sizes: Sequ
 def symmetric_grids(bits: int) -> dict[str, tuple[float, int, int]]:
     """name -> (divisor d, qmin, qmax) of a symmetric grid: s = max|w| / d, q = clamp(round(w / s), qmin, qmax).
 
-    restricted   [-(2^(b-1)-1), 2^(b-1)-1], d = 2^(b-1)-1     max|w| lands on the top code
-    full, /qmax  [-2^(b-1),     2^(b-1)-1], d = 2^(b-1)-1     same scale: -2^(b-1) is never reached
-    full, /2^(b-1)                          d = 2^(b-1)       -max|w| is exact, +max|w| is clipped one step
-    full, GPTQ   [-2^(b-1),     2^(b-1)-1], d = 2^(b-1) - 1/2 (s = 2 max|w| / (2^b - 1), GPTQ's sym=True)
+    restricted symmetric  [-(2^(b-1)-1), 2^(b-1)-1], d = 2^(b-1)-1   max|w| lands on the top code
+    full, s=max/qmax      [-2^(b-1),     2^(b-1)-1], d = 2^(b-1)-1   same scale: -2^(b-1) is never reached
+    full, s=max/2^(b-1)                              d = 2^(b-1)     -max|w| is exact, +max|w| is clipped one step
+    GPTQ's grid           [-2^(b-1),     2^(b-1)-1], d = 2^(b-1)-1/2 (s = 2 max|w| / (2^b - 1), GPTQ's sym=True)
+    The first and the last are course_lib.quant.grid_name's "restricted symmetric" and "GPTQ's grid".
     """
     h = 2 ** (bits - 1)
-    return {"restricted": (h - 1, -(h - 1), h - 1), "full, s=max/qmax": (h - 1, -h, h - 1),
-            "full, s=max/2^(b-1)": (h, -h, h - 1), "full, GPTQ s=2max/(2^b-1)": (h - 0.5, -h, h - 1)}
+    return {"restricted symmetric": (h - 1, -(h - 1), h - 1), "full, s=max/qmax": (h - 1, -h, h - 1),
+            "full, s=max/2^(b-1)": (h, -h, h - 1), "GPTQ's grid, s=2max/(2^b-1)": (h - 0.5, -h, h - 1)}
 
 
 def symmetric_grid_quantize(w: torch.Tensor, bits: int, grid: str, *, group_size: int | None = None
@@ -183,9 +184,11 @@ def packed_int4_storage(w: torch.Tensor, group_size: int = 128, *, scale_dtype: 
 
 def rtn_sweep(model, tokenizer, configs: Sequence[Mapping], protocol=None, *, stream=None) -> list[dict]:
     """Perplexity of an RTN-quantized copy of `model` for each config (kwargs of quantize_model_rtn:
-    bits, granularity, group_size, symmetric...). The model itself is left unchanged.
+    bits, granularity, group_size, symmetric...). The model itself is left unchanged. Each row names its
+    grid (``grid_name``: the default is the restricted symmetric grid).
     `stream` (a 1-D LongTensor) replaces the protocol split's tokens, as in ``perplexity``."""
     from ..perplexity import FAST, perplexity
+    from .affine import grid_name
     from .rtn import quantize_model_rtn
 
     protocol = protocol or FAST
@@ -195,7 +198,9 @@ def rtn_sweep(model, tokenizer, configs: Sequence[Mapping], protocol=None, *, st
         bits = cfg.pop("bits")
         report = quantize_model_rtn(model, bits, inplace=False, **cfg)
         label = "channel" if cfg.get("granularity") == "channel" else f"group {cfg.get('group_size', 128)}"
-        rows.append({"bits": bits, "granularity": label, "weight rel error": report.mean_rel_fro,
+        grid = grid_name(bits, cfg.get("symmetric", True), restricted=cfg.get("restricted", False),
+                         gptq_grid=cfg.get("gptq_grid", False))
+        rows.append({"bits": bits, "grid": grid, "granularity": label, "weight rel error": report.mean_rel_fro,
                      "perplexity": perplexity(report.model, tokenizer, protocol, stream=stream).ppl})
         del report
     return rows
