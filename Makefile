@@ -70,8 +70,8 @@ bench: $(STAMP)
 	$(PY) -m course_lib.bench prefill-decode
 	$(PY) -m course_lib.bench model-eval
 	$(PY) -m course_lib.bench kv-decode
-	$(PY) -m course_lib.bench kv-decode --model llama-1b-shape
-	$(PY) -m course_lib.bench attention
+	$(PY) -m course_lib.bench attention --tune quick
+	$(PY) -m course_lib.bench dequant-matmul
 	$(PY) -m course_lib.bench sparse24
 	$(PY) -m course_lib.bench distill
 
@@ -84,7 +84,7 @@ wheelhouse: $(STAMP)
 
 # Run on the GPU machine (no internet), from a checkout that carries the wheelhouse.
 gpu-run:
-	bash tools/gpu_run.sh $(if $(BENCH),--bench) $(WHEELHOUSE)
+	bash tools/gpu_run.sh $(if $(BENCH),--bench) $(if $(PART),--part $(PART)) $(WHEELHOUSE)
 
 clean:
 	rm -rf $(VENV) build *.egg-info course_lib.egg-info .pytest_cache

@@ -7,9 +7,14 @@ It takes course_lib's requirements and those of the chosen extras from pyproject
 dependencies through this (pinned) environment down to what the base image already has, and
 downloads the rest at the pinned versions as binary wheels for the target interpreter on manylinux
 x86_64. Pure-Python wheels work on any target; compiled ones are
-fetched for the target's Python and platform. The result installs with no network:
+fetched for the target's Python and platform. The result installs with no network, from its lock file (the closure, pinned), without resolving:
 
-    pip install --no-index --find-links wheelhouse -e ".[test,notebooks,eval]"
+    pip install --no-index --no-deps --find-links wheelhouse -r wheelhouse/requirements.txt
+    pip install --no-index --no-deps --no-build-isolation -e .
+
+Two packages are left out (``LEFT_OUT``: bitsandbytes' 43 MB of CUDA binaries, maturin, a build tool)
+and one is replaced by a stand-in (``STAND_INS``: PyPcre, which has no wheels and compiles against
+the system's PCRE2; GPTQModel only needs what Python's ``re`` has).
 
 Base images (packages never downloaded, because the image provides them):
 * ``torch``: a stock CUDA PyTorch image: torch, triton, the nvidia/cuda runtime wheels and torch's
@@ -30,7 +35,7 @@ from pathlib import Path
 
 from .env import REPO_ROOT
 
-PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
+PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64", "manylinux1_x86_64", "any")
 TORCH_IMAGE = {
     "torch", "triton", "numpy", "filelock", "fsspec", "jinja2", "markupsafe", "mpmath", "networkx",
@@ -38,6 +43,17 @@ TORCH_IMAGE = {
 }
 TORCH_IMAGE_PREFIXES = ("nvidia-", "cuda-")
 GPU_IMAGE_LIST = REPO_ROOT / "tools" / "gpu_image_packages.txt"
+
+# Left out of the wheelhouse (the GPU run installs the lock with --no-deps, so nothing asks for them):
+LEFT_OUT = {
+    "bitsandbytes": "its wheel carries CUDA binaries for every CUDA version (43 MB), more than the GPU machine's "
+                    "64 MiB transfer leaves beside the repository; its tests skip and its cells print one line",
+    "maturin": "a Rust build tool that GPTQModel lists as a run-time requirement but never imports (11 MB)",
+}
+# sdist-only compiled packages with no wheel for the target: a stand-in from tools/stand_ins/ instead.
+STAND_INS = {
+    "pypcre": REPO_ROOT / "tools" / "stand_ins" / "pypcre",  # GPTQModel's `import pcre`, mapped onto re
+}
 
 
 def normalize(name: str) -> str:
@@ -136,8 +152,15 @@ def resolve(python: str, reqs: list[str], base: set[str]) -> list[dict]:
 def build(python: str, extras: str, base: str, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     skip = base_packages(base)
-    wanted = resolve(python, requirements(extras, skip), skip)
-    for spec in [f"{r['name']}=={r['version']}" for r in wanted]:
+    wanted = [r for r in resolve(python, requirements(extras, skip), skip) if normalize(r["name"]) not in LEFT_OUT]
+    for r in wanted:
+        stand_in = STAND_INS.get(normalize(r["name"]))
+        if stand_in is not None:
+            subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), str(stand_in)],
+                           check=True)
+            r["version"] = tomllib.loads((stand_in / "pyproject.toml").read_text())["project"]["version"]
+            continue
+        spec = f"{r['name']}=={r['version']}"
         download = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(out),
                     *pip_target_args(python), spec]
         if subprocess.run(download, capture_output=True).returncode != 0:
@@ -150,6 +173,10 @@ def build(python: str, extras: str, base: str, out: Path) -> Path:
     lock.write_text("".join(f"{r['name']}=={r['version']}\n" for r in sorted(wanted, key=lambda r: normalize(r["name"]))))
     size = sum(p.stat().st_size for p in out.glob("*.whl"))
     print(f"{len(wanted)} wheels, {size / 2**20:.1f} MiB in {out} for Python {python} (base image '{base}')")
+    for name, why in LEFT_OUT.items():
+        print(f"left out: {name}: {why}")
+    for name in STAND_INS:
+        print(f"stand-in: {name} (tools/stand_ins/{name})")
     return out
 
 
@@ -159,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build")
     b.add_argument("--python", default="3.12", help="target interpreter version (default 3.12)")
-    b.add_argument("--extras", default="test,notebooks,eval", help="course_lib extras to include")
+    b.add_argument("--extras", default="test,notebooks,eval,compress", help="course_lib extras to include")
     b.add_argument("--base", default="gpu-image", choices=["gpu-image", "torch"])
     b.add_argument("--out", type=Path, default=REPO_ROOT / "wheelhouse")
     args = parser.parse_args(argv)

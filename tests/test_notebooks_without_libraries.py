@@ -45,6 +45,9 @@ class _Blocker:
 
 
 sys.meta_path.insert(0, _Blocker())
+# None in sys.modules is Python's own "not installed": importlib.util.find_spec returns None (what transformers'
+# is_*_available checks expect; a finder that raises would break `import transformers`) and import fails
+sys.modules.update(dict.fromkeys(_BLOCKED))
 _distribution = _md.distribution
 
 
