@@ -27,6 +27,7 @@ COURSE_SETTINGS = {
     "COURSE_PROFILE": "small or large workload (default: small on CPU, large on CUDA)",
     "COURSE_MODEL": "a hub id or local directory instead of the bundled model",
     "COURSE_CANONICAL": "1 inside the canonical run that produces the stored outputs",
+    "COURSE_RECORD": "1 in `make outputs`: cells run through course_lib.optional record their results",
 }
 
 # Settings for the libraries, applied at import unless the user already set them.
@@ -159,7 +160,7 @@ def require_cuda(what: str = "This cell") -> None:
     if not torch.cuda.is_available():
         raise DeviceUnavailableError(
             f"{what} needs an NVIDIA GPU with CUDA, and torch sees none here. On CPU, the notebook shows "
-            "the result recorded on the course's H100 instead. On Colab: Runtime > Change runtime type > GPU."
+            "the result recorded on the course's GPU machine (an H200; earlier, an H100) instead. On Colab: Runtime > Change runtime type > GPU."
         )
 
 

@@ -331,9 +331,9 @@ BNB_MISSING = ("bitsandbytes is not installed in this kernel. Install it with `p
 
 def has_bitsandbytes() -> bool:
     """Is bitsandbytes importable here? (The GPU image and a bare Colab lack it.)"""
-    import importlib.util
+    from .optional import have
 
-    return importlib.util.find_spec("bitsandbytes") is not None
+    return have("bitsandbytes")
 
 
 def import_bitsandbytes_functional():
