@@ -9,6 +9,7 @@
     python -m course_lib.bench awq-seeds [--seeds 0 1 2 3 4] [--bits 4 3] [--threads 1]  (CPU: chapter 04's ranking)
     python -m course_lib.bench kv-decode [--device cpu|cuda] [--model tiny] [--threads 2] [--name ...]
     python -m course_lib.bench attention [--name ...] [--tune quick|full] [--smoke]
+    python -m course_lib.bench dequant-matmul [--name ...]   (chapter 11, planned: the PyTorch baseline)
     python -m course_lib.bench sparse24 [--name ...]
     python -m course_lib.bench prune-sweep [--threads 1] [--name ...]     (CPU: chapter 07's perplexity sweep)
     python -m course_lib.bench distill [--profile large] [--part all|white|extras|encoder|seeds] [--name ...]  (chapter 08)
@@ -494,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     at.add_argument("--tune", choices=("quick", "full"), default=None,
                     help="the course kernel's autotuning: 2 or 7 configurations (default: COURSE_FLASH_TUNE, else full)")
     at.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks the code, records nothing real")
+    dq = sub.add_parser("dequant-matmul", help="chapter 11 (planned): 4-bit dequantize-then-matmul in PyTorch vs fp16 "
+                        "cuBLAS at Llama-3-8B decode shapes")
+    dq.add_argument("--name", default=None, help="result file name (default: <gpu>_dequant_matmul)")
     sp = sub.add_parser("sparse24", help="2:4 sparse (cuSPARSELt, CUTLASS) vs dense vs CSR matmuls at Llama shapes")
     sp.add_argument("--name", default=None, help="result file name (default: <gpu>_sparse24)")
     ps = sub.add_parser("prune-sweep", help="chapter 07: perplexity of the course model pruned by magnitude, Wanda "
@@ -529,6 +533,10 @@ def main(argv: list[str] | None = None) -> int:
             from .attention.bench import record_attention
 
             record_attention(args.name, tune=args.tune, smoke=args.smoke)
+        elif args.bench == "dequant-matmul":
+            from .kernels.dequant_bench import record_dequant_matmul
+
+            record_dequant_matmul(args.name)
         elif args.bench == "sparse24":
             from .prune.sparse_bench import record_sparse24
 

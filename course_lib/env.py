@@ -106,6 +106,22 @@ def quiet_loggers(*names: str):
             logging.getLogger(name).setLevel(level)
 
 
+@contextlib.contextmanager
+def torch_threads(n: int = 1):
+    """Run the block with `n` intra-op torch threads (restored after): CPU timings that a notebook asserts on are
+    taken single-threaded, as in the canonical run, so a 16-core GPU host or a busy laptop gives the same ranking."""
+    import torch
+
+    if n < 1:
+        raise ValueError(f"torch_threads needs n >= 1, got {n}.")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def is_canonical() -> bool:
     """True inside the canonical run that produces the stored notebook outputs."""
     return os.environ.get("COURSE_CANONICAL") == "1"

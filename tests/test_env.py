@@ -125,3 +125,17 @@ def test_quiet_loggers_restores_levels():
     with quiet_loggers("course_lib.test.quiet"):
         assert log.level == logging.ERROR
     assert log.level == logging.INFO
+
+
+def test_torch_threads_sets_and_restores():
+    import torch
+
+    from course_lib.env import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="n >= 1"):
+        with torch_threads(0):
+            pass

@@ -8,7 +8,8 @@
 #          `all` is every unit test, then every notebook.
 #   --bench first records the GPU benchmarks into data/results/ (what `make bench` does).
 # The environment is kept in $COURSE_GPU_VENV (default .gpu-venv), so a second part on the same
-# machine does not install again.
+# machine does not install again. Unit tests run on $COURSE_GPU_WORKERS xdist workers (default 4), notebooks on
+# $COURSE_GPU_NB_WORKERS (default 4), all sharing the one GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCH=0
@@ -65,7 +66,9 @@ if [ "$PART" = all ] || [ "$PART" = notebooks ]; then
   NOTEBOOKS=(notebooks/*.ipynb)
 fi
 if [ ${#NOTEBOOKS[@]} -gt 0 ]; then
-  echo "== notebooks on CUDA (nbval-lax: every cell must run without error): ${NOTEBOOKS[*]}"
-  "$VENV/bin/python" -m pytest "${OPTS[@]}" -q --durations=0 --nbval-lax --nbval-current-env --nbval-cell-timeout 900 "${NOTEBOOKS[@]}"
+  NB_WORKERS=${COURSE_GPU_NB_WORKERS:-4}
+  echo "== notebooks on CUDA, $NB_WORKERS at a time (nbval-lax: every cell must run without error): ${NOTEBOOKS[*]}"
+  "$VENV/bin/python" -m pytest "${OPTS[@]}" -n "$NB_WORKERS" --dist loadfile -q --durations=5 --nbval-lax \
+    --nbval-current-env --nbval-cell-timeout 900 "${NOTEBOOKS[@]}"
 fi
 echo "== part '$PART' passed in $((SECONDS - START)) s"

@@ -192,7 +192,8 @@ def saved_activation_bytes(model: nn.Module, input_ids: torch.Tensor) -> int:
     model.eval()  # dropout off: the same tensors, deterministically
     try:
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
-            model(input_ids=input_ids, labels=input_ids)
+            ids = input_ids.to(next(model.parameters()).device)
+            model(input_ids=ids, labels=ids)
     finally:
         model.train(was_training)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
