@@ -27,7 +27,6 @@ COURSE_SETTINGS = {
     "COURSE_PROFILE": "small or large workload (default: small on CPU, large on CUDA)",
     "COURSE_MODEL": "a hub id or local directory instead of the bundled model",
     "COURSE_CANONICAL": "1 inside the canonical run that produces the stored outputs",
-    "COURSE_RECORD": "1 in `make outputs`: cells run through course_lib.optional record their results",
 }
 
 # Settings for the libraries, applied at import unless the user already set them.
