@@ -6,7 +6,7 @@
     python -m course_lib.bench awq-time [--device cpu|cuda] [--tools ...] [--bits 4] [--threads 2]
     python -m course_lib.bench gptq-grids [--seeds 0 1 2 3 4] [--bits 4] [--threads 1]  (CPU: chapter 03's RTN grids)
     python -m course_lib.bench qat-control [--lrs 5e-4 1e-4 3e-5 1e-5] [--threads 1]  (CPU: chapter 02's QAT control)
-    python -m course_lib.bench awq-seeds [--seeds 0 1 2 3 4] [--bits 4 3] [--threads 1]  (CPU: chapter 04's ranking)
+    python -m course_lib.bench awq-seeds [--seeds 0 1 2 3 4] [--bits 4 3] [--eval-tokens 8192 16384]  (CPU: ch. 04)
     python -m course_lib.bench kv-decode [--device cpu|cuda] [--model tiny] [--threads 2] [--name ...]
     python -m course_lib.bench attention [--name ...] [--tune quick|full] [--smoke]
     python -m course_lib.bench dequant-matmul [--name ...]   (chapter 11, planned: the PyTorch baseline)
@@ -470,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     aw = sub.add_parser("awq-seeds", help="chapter 04: GPTQ vs AWQ perplexity over several calibration draws, on CPU")
     aw.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     aw.add_argument("--bits", type=int, nargs="+", default=[4, 3])
+    aw.add_argument("--eval-tokens", type=int, nargs="+", default=[8192, 16384],
+                    help="score each model on the first N test tokens, for each N (default: 8192 16384)")
     aw.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: as the notebooks' canonical run)")
     aw.add_argument("--name", default=None, help="result file name (default: cpu_awq_gptq_seeds)")
     gg = sub.add_parser("gptq-grids", help="chapter 03: RTN and GPTQ on the three 4-bit grids over several "
@@ -559,7 +561,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.bench == "awq-seeds":
             from .awq.bench import record_seed_spread
 
-            record_seed_spread(args.name, seeds=tuple(args.seeds), bits=tuple(args.bits), threads=args.threads)
+            record_seed_spread(args.name, seeds=tuple(args.seeds), bits=tuple(args.bits), threads=args.threads,
+                               eval_tokens=tuple(args.eval_tokens))
         elif args.bench == "gptq-grids":
             from .gptq.bench import record_grid_spread
 

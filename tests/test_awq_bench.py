@@ -8,10 +8,10 @@ from course_lib.awq.bench import ranking
 
 
 def _rows(gptq, awq, bits=4, rtn=50.0):
-    rows = [{"seed": None, "bits": bits, "method": "RTN", "ppl_fast": rtn}]
+    rows = [{"seed": None, "bits": bits, "method": "RTN", "ppl_8192": rtn}]
     for seed, (g, a) in enumerate(zip(gptq, awq)):
-        rows += [{"seed": seed, "bits": bits, "method": "GPTQ", "ppl_fast": g},
-                 {"seed": seed, "bits": bits, "method": "AWQ", "ppl_fast": a}]
+        rows += [{"seed": seed, "bits": bits, "method": "GPTQ", "ppl_8192": g},
+                 {"seed": seed, "bits": bits, "method": "AWQ", "ppl_8192": a}]
     return rows
 
 
@@ -38,4 +38,24 @@ def test_bit_widths_are_ranked_separately_and_unpaired_seeds_fail():
     r4, r3 = ranking(rows)
     assert (r4["bits"], r4["verdict"]) == (4, "GPTQ lower") and (r3["bits"], r3["verdict"]) == (3, "tie")
     with pytest.raises(ValueError, match="both a GPTQ and an AWQ"):
-        ranking([{"seed": 0, "bits": 4, "method": "GPTQ", "ppl_fast": 44.0}])
+        ranking([{"seed": 0, "bits": 4, "method": "GPTQ", "ppl_8192": 44.0}])
+
+
+def test_each_evaluation_set_gets_its_own_verdict():
+    rows = _rows([44.0, 44.1, 44.05], [45.0, 45.2, 45.1])
+    for r, other in zip(rows, [50.0, 44.0, 44.5, 44.1, 44.0, 44.05, 44.3]):  # a second set where AWQ and GPTQ swap
+        r["ppl_16384"] = other
+    (first,) = ranking(rows)  # the default: the first evaluation set
+    (second,) = ranking(rows, "ppl_16384")
+    assert first["verdict"] == "GPTQ lower" and second["verdict"] == "tie"
+    with pytest.raises(KeyError):
+        ranking(rows, "ppl_4096")
+
+
+def test_seed_rows_rejects_bad_arguments_before_loading_anything():
+    from course_lib.awq.bench import seed_rows
+
+    with pytest.raises(ValueError, match="distinct"):
+        seed_rows(seeds=(0, 0))
+    with pytest.raises(ValueError, match="at least one window"):
+        seed_rows(eval_tokens=(100,))

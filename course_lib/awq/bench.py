@@ -1,13 +1,16 @@
 """Chapter 04's GPTQ-against-AWQ ranking over several calibration draws, recorded on CPU.
 
-    python -m course_lib.bench awq-seeds [--seeds 0 1 2 3 4] [--bits 4 3] [--threads 1] [--name cpu_awq_gptq_seeds]
+    python -m course_lib.bench awq-seeds [--seeds 0 1 2 3 4] [--bits 4 3] [--eval-tokens 8192 16384] [--threads 1]
+                                         [--name cpu_awq_gptq_seeds]
 
 The notebook compares GPTQ and AWQ on one draw of calibration windows (seed 0, the small profile's
 16 x 128 tokens), where they differ by a few tenths of a percent in perplexity. Whether that is a
 ranking or noise needs the spread over draws: each seed draws other random windows of the
 calibration split (course_lib.tokens.calibration_batches), and GPTQ and AWQ run on the same windows,
-4 and 3 bits, groups of 128, asymmetric grid, FAST perplexity. With --threads 1 (the canonical
-run's setting) the seed-0 rows are the notebook's own numbers.
+4 and 3 bits, groups of 128, asymmetric grid. Each model is scored on two evaluation sets, the first
+8192 and 16384 tokens of the test split (the notebook's small profile and the course's FAST protocol):
+the evaluation tokens are a second source of noise beside the calibration draw. With --threads 1 (the
+canonical run's setting) the seed-0 rows are the notebook's own numbers.
 """
 
 from __future__ import annotations
@@ -15,37 +18,51 @@ from __future__ import annotations
 import statistics
 
 METHODS = ("GPTQ", "AWQ")
+EVAL_TOKENS = (8192, 16384)  # the notebook's small-profile perplexity, and the course's FAST protocol
 
 
 def seed_rows(seeds=(0, 1, 2, 3, 4), bits=(4, 3), *, n_samples: int = 16, seq_len: int = 128,
-              group_size: int = 128) -> list[dict]:
-    """One row per seed, bit width and method: {"seed", "bits", "method", "ppl_fast", "seconds"}; RTN (which
+              group_size: int = 128, eval_tokens=EVAL_TOKENS) -> list[dict]:
+    """One row per seed, bit width and method: {"seed", "bits", "method", "seconds", "ppl_<n>" for each n of
+    eval_tokens}, ppl_<n> the perplexity on the first n tokens of the test split (windows of 256); RTN (which
     reads no calibration data) once per bit width, with seed None."""
     import torch
 
     from .. import models
     from ..gptq.teach import quantize_grid
+    from ..perplexity import Protocol, perplexity
     from ..tokens import calibration_batches
 
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct integers, at least one; got {seeds!r}.")
+    if not eval_tokens or any(not isinstance(n, int) or n < 256 for n in eval_tokens):
+        raise ValueError(f"eval_tokens must be token counts of at least one window (256), got {eval_tokens!r}.")
+    first, *others = [Protocol(max_tokens=n) for n in eval_tokens]
     model, tok = models.load_model(dtype=torch.float32)
+
+    def scored(calib, configs, seed):
+        kept = {}
+        out = []
+        for i, r in enumerate(quantize_grid(model, tok, calib, configs, protocol=first, keep=kept)):
+            row = {"seed": seed, "bits": r["bits"], "method": r["method"], "seconds": r["seconds"],
+                   f"ppl_{first.max_tokens}": r["perplexity"]}
+            row.update({f"ppl_{p.max_tokens}": perplexity(kept[i][0], tok, p).ppl for p in others})
+            out.append(row)
+        return out
+
     configs = [{"method": m, "bits": b, "group_size": group_size, "symmetric": False} for b in bits for m in METHODS]
     rtn = [{"method": "RTN", "bits": b, "group_size": group_size, "symmetric": False} for b in bits]
-    rows = [{"seed": None, "bits": r["bits"], "method": "RTN", "ppl_fast": r["perplexity"], "seconds": r["seconds"]}
-            for r in quantize_grid(model, tok, calibration_batches(tok, 1, seq_len), rtn)]
+    rows = scored(calibration_batches(tok, 1, seq_len), rtn, None)
     for seed in seeds:
-        calib = calibration_batches(tok, n_samples, seq_len, seed=seed)
-        for r in quantize_grid(model, tok, calib, configs):
-            rows.append({"seed": seed, "bits": r["bits"], "method": r["method"], "ppl_fast": r["perplexity"],
-                         "seconds": r["seconds"]})
-        print(f"seed {seed}: " + ", ".join(f"{r['method']} {r['bits']}-bit {r['ppl_fast']:.4g}"
+        rows += scored(calibration_batches(tok, n_samples, seq_len, seed=seed), configs, seed)
+        print(f"seed {seed}: " + ", ".join(f"{r['method']} {r['bits']}-bit "
+                                           + "/".join(f"{r[f'ppl_{n}']:.4g}" for n in eval_tokens)
                                            for r in rows if r["seed"] == seed), flush=True)
     return rows
 
 
-def ranking(rows: list[dict]) -> list[dict]:
-    """Per bit width: RTN's perplexity, each method's mean, spread (max - min) and worst perplexity over the
+def ranking(rows: list[dict], key: str = f"ppl_{EVAL_TOKENS[0]}") -> list[dict]:
+    """Per bit width, on the perplexity rows[...][key]: RTN's perplexity, each method's mean, spread (max - min) and worst perplexity over the
     seeds, the paired difference AWQ - GPTQ (mean, min, max over the seeds: both ran on the same windows)
     and the verdict.
 
@@ -54,7 +71,7 @@ def ranking(rows: list[dict]) -> list[dict]:
     """
     out = []
     for bits in sorted({r["bits"] for r in rows}, reverse=True):
-        ppl = {m: {r["seed"]: r["ppl_fast"] for r in rows if r["bits"] == bits and r["method"] == m} for m in METHODS}
+        ppl = {m: {r["seed"]: r[key] for r in rows if r["bits"] == bits and r["method"] == m} for m in METHODS}
         seeds = sorted(set(ppl["GPTQ"]) & set(ppl["AWQ"]))
         if not seeds:
             raise ValueError(f"No seed has both a GPTQ and an AWQ row at {bits} bits.")
@@ -66,7 +83,7 @@ def ranking(rows: list[dict]) -> list[dict]:
             verdict = "GPTQ lower" if gap > 0 else "AWQ lower"
         else:
             verdict = "tie"
-        rtn = [r["ppl_fast"] for r in rows if r["bits"] == bits and r["method"] == "RTN"]
+        rtn = [r[key] for r in rows if r["bits"] == bits and r["method"] == "RTN"]
         out.append({"bits": bits, "seeds": len(seeds), "RTN": rtn[0] if rtn else None,
                     "GPTQ mean": mean["GPTQ"], "GPTQ spread": spread["GPTQ"],
                     "GPTQ worst": max(ppl["GPTQ"][s] for s in seeds),
@@ -76,19 +93,24 @@ def ranking(rows: list[dict]) -> list[dict]:
     return out
 
 
-def record_seed_spread(name: str | None = None, *, seeds=(0, 1, 2, 3, 4), bits=(4, 3), threads: int = 1) -> None:
-    """Run seed_rows on CPU and save them, with ranking() as the summary, as data/results/<name>.json."""
+def record_seed_spread(name: str | None = None, *, seeds=(0, 1, 2, 3, 4), bits=(4, 3), threads: int = 1,
+                       eval_tokens=EVAL_TOKENS) -> None:
+    """Run seed_rows on CPU and save them, with ranking() on each evaluation set as the summary, as
+    data/results/<name>.json."""
     import torch
 
     from ..results import save_result
 
     torch.set_num_threads(threads)
     name = name or "cpu_awq_gptq_seeds"
-    rows = seed_rows(tuple(seeds), tuple(bits))
+    rows = seed_rows(tuple(seeds), tuple(bits), eval_tokens=tuple(eval_tokens))
     command = (f"python -m course_lib.bench awq-seeds --seeds {' '.join(map(str, seeds))} "
-               f"--bits {' '.join(map(str, bits))} --threads {threads} --name {name}")
-    path = save_result(name, rows, command=command, summary={"cpu_threads": threads, "ranking": ranking(rows)},
+               f"--bits {' '.join(map(str, bits))} --eval-tokens {' '.join(map(str, eval_tokens))} "
+               f"--threads {threads} --name {name}")
+    path = save_result(name, rows, command=command,
+                       summary={"cpu_threads": threads, "eval_tokens": list(eval_tokens),
+                                "ranking": {f"ppl_{n}": ranking(rows, f"ppl_{n}") for n in eval_tokens}},
                        description="GPTQ and AWQ of the bundled model on several draws of calibration windows (16 x 128 "
                                    "tokens of the calibration split, the small profile's; seed = the draw), groups of "
-                                   "128, asymmetric grid, float32 on CPU: FAST perplexity (float model 44.29)")
+                                   "128, asymmetric grid, float32 on CPU; ppl_<n>: perplexity on the first n test tokens")
     print(f"wrote {path}")
