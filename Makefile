@@ -57,13 +57,13 @@ lab: $(STAMP)
 	  --MappingKernelManager.default_kernel_name=$(KERNEL) $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 test: $(STAMP)
-	$(PY) -m course_lib.canonical run -- $(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m course_lib.core.canonical run -- $(PY) -m pytest $(PYTEST_ARGS)
 
 unit: $(STAMP)
-	$(PY) -m course_lib.canonical run -- $(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) -m course_lib.core.canonical run -- $(PY) -m pytest tests $(PYTEST_ARGS)
 
 outputs: $(STAMP)
-	$(PY) -m course_lib.canonical execute -j $(JOBS) $(if $(NB),$(NB),$(NOTEBOOKS))
+	$(PY) -m course_lib.core.canonical execute -j $(JOBS) $(if $(NB),$(NB),$(NOTEBOOKS))
 
 bench: $(STAMP)
 	$(PY) -m course_lib.bench roofline
@@ -80,7 +80,7 @@ constraints: $(STAMP)
 	@mv constraints.txt.new constraints.txt && echo "constraints.txt re-pinned; now run 'make outputs'"
 
 wheelhouse: $(STAMP)
-	$(PY) -m course_lib.wheelhouse build --python $(WHEEL_PYTHON) --out $(WHEELHOUSE)
+	$(PY) -m course_lib.core.wheelhouse build --python $(WHEEL_PYTHON) --out $(WHEELHOUSE)
 
 # Run on the GPU machine (no internet), from a checkout that carries the wheelhouse.
 gpu-run:

@@ -235,7 +235,7 @@ def test_attention_bench_smoke_on_cpu(tmp_path):
 
 
 def _recording(rows, summary=None):
-    from course_lib.results import Recorded
+    from course_lib.core.results import Recorded
 
     return Recorded(name="test_attention", description="", command="", date="", device="", versions={}, rows=rows,
                     summary=summary or {"matmul_tflops": 800.0, "copy_gbps": 4000.0, "spec_tflops": 1000.0})

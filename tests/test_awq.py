@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_lib import models
+from course_lib.lm import models
 from course_lib.awq import (AWQ_ARCHITECTURES, apply_clip, architecture_groups, awq_quantize_model, awq_scales,
                             fold_scales, scale_groups, search_clip, search_scales)
-from course_lib.gptq import find_blocks
+from course_lib.lm.blocks import find_blocks
 from course_lib.quant import fake_quantize
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from course_lib import models
+from course_lib.lm import models
 from course_lib.awq import awq_quantize_model
 from course_lib.awq.export import (AWQ_ORDER, awq_tensors, load_awq_checkpoint, pack_awq, save_awq_checkpoint,
                                    unpack_awq)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_lib import models
+from course_lib.lm import models
 from course_lib.awq import teach
 from course_lib.gptq.teach import layer_inputs
 from course_lib.quant import fake_quantize
@@ -71,7 +71,7 @@ def test_scaling_a_salient_channel_shrinks_its_error_until_it_sets_the_step():
 
 def test_lm_eval_rows_scores_each_model_in_order_and_quietly(capfd):
     pytest.importorskip("lm_eval")
-    from course_lib import lm_eval_tasks
+    from course_lib.lm import eval_tasks as lm_eval_tasks
 
     tok = models.load_tokenizer()
     a, b = models.tiny_model("llama", seed=0), models.tiny_model("llama", seed=1)

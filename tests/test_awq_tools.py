@@ -1,4 +1,4 @@
-"""course_lib.awq_tools: GPTQModel and llm-compressor run AWQ (and SmoothQuant W8A8) on the bundled model.
+"""course_lib.awq.tools: GPTQModel and llm-compressor run AWQ (and SmoothQuant W8A8) on the bundled model.
 
 The slow tests quantize the bundled model once per tool (16 x 128 calibration tokens; 4-bit groups
 of 128 with a zero point for AWQ) and check the checkpoint, then the model transformers reloads:
@@ -18,9 +18,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from course_lib import awq_tools, gptq_tools
-from course_lib.models import BUNDLED_DIR, load_model
-from course_lib.perplexity import perplexity
+from course_lib.awq import tools as awq_tools
+
+from course_lib.gptq import tools as gptq_tools
+from course_lib.lm.models import BUNDLED_DIR, load_model
+from course_lib.lm.perplexity import perplexity
 from tool_fixtures import N_LAYERS, calibration, float_ppl, tokenizer, two_torch_threads  # noqa: F401
 
 

@@ -1,4 +1,4 @@
-"""The unigram and bigram baselines (course_lib.baselines) against the perplexity protocol."""
+"""The unigram and bigram baselines (course_lib.pipeline.baselines) against the perplexity protocol."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ from functools import cache
 import pytest
 import torch
 
-from course_lib import baselines
-from course_lib.perplexity import FAST, Protocol, perplexity
-from course_lib.tokens import token_stream
+from course_lib.pipeline import baselines
+from course_lib.lm.perplexity import FAST, Protocol, perplexity
+from course_lib.lm.tokens import token_stream
 
 
 @cache
 def tokenizer():
-    from course_lib.models import load_tokenizer
+    from course_lib.lm.models import load_tokenizer
 
     return load_tokenizer()
 
@@ -39,7 +39,7 @@ def test_next_token_probabilities_sum_to_one():
 
 def test_scored_positions_are_the_protocols():
     """Same token count as the model's scorer, on non-overlapping and on overlapping windows."""
-    from course_lib.models import tiny_model
+    from course_lib.lm.models import tiny_model
 
     ids = token_stream("test", tokenizer())
     model = tiny_model("llama")  # random weights: only the count of scored tokens matters here
@@ -57,7 +57,7 @@ def test_scored_positions_are_the_protocols():
 @pytest.mark.slow
 def test_unigram_worse_than_bigram_worse_than_model_on_fast():
     """Counting loses to the network (the model's FAST run takes ~6 s on 2 cores)."""
-    from course_lib.models import load_model
+    from course_lib.lm.models import load_model
 
     tok = tokenizer()
     uni = baselines.ngram_perplexity(1, FAST, tok)

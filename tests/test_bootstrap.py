@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from course_lib.env import REPO_ROOT
+from course_lib.core.env import REPO_ROOT
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 LIBRARIES_LINE = re.compile(r"^LIBRARIES = (\[.*\])  # .*$", re.M)
@@ -41,7 +41,7 @@ def test_every_notebook_starts_with_the_same_collapsed_bootstrap(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_bootstrap_libraries_are_pinned_extras(path):
-    from course_lib.bootstrap import pinned_specs
+    from course_lib.core.bootstrap import pinned_specs
 
     libraries = json.loads(LIBRARIES_LINE.search(bootstrap_source(path)).group(1))
     specs = pinned_specs(REPO_ROOT)
@@ -69,9 +69,10 @@ def test_no_clone_anywhere_is_a_clear_error(tmp_path):
 
 def fake_checkout(tmp_path):
     checkout = tmp_path / "course"
-    (checkout / "course_lib").mkdir(parents=True)
+    (checkout / "course_lib" / "core").mkdir(parents=True)
     (checkout / "course_lib" / "__init__.py").write_text("")
-    (checkout / "course_lib" / "bootstrap.py").write_text((REPO_ROOT / "course_lib" / "bootstrap.py").read_text())
+    (checkout / "course_lib" / "core" / "bootstrap.py").write_text(
+        (REPO_ROOT / "course_lib" / "core" / "bootstrap.py").read_text())
     (checkout / "pyproject.toml").write_text((REPO_ROOT / "pyproject.toml").read_text())
     (checkout / "notebooks").mkdir()
     return checkout

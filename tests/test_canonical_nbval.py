@@ -7,8 +7,8 @@ import sys
 import nbformat
 import pytest
 
-from course_lib import canonical
-from course_lib.env import REPO_ROOT
+from course_lib.core import canonical
+from course_lib.core.env import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def sanitized(text):
 
 
 def run_nbval(path):
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "course_lib.nbval_plugin",
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "course_lib.core.nbval_plugin",
            "--nbval", "--nbval-current-env", "--nbval-sanitize-with", str(REPO_ROOT / "nbval_sanitize.cfg"),
            "-o", "addopts=", "--rootdir", str(path.parent), str(path)]
     return subprocess.run(cmd, capture_output=True, text=True, env=canonical.canonical_environ(), cwd=path.parent)

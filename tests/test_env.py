@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import course_lib
-from course_lib import canonical, env as course_env
-from course_lib.profile import Profile, get_profile
+from course_lib.core import canonical, env as course_env
+from course_lib.core.profile import Profile, get_profile
 
 
 def test_auto_device_is_first_available():
@@ -118,7 +118,7 @@ def test_import_noise_of_libraries_is_quiet():
 def test_quiet_loggers_restores_levels():
     import logging
 
-    from course_lib.env import quiet_loggers
+    from course_lib.core.env import quiet_loggers
 
     log = logging.getLogger("course_lib.test.quiet")
     log.setLevel(logging.INFO)
@@ -130,7 +130,7 @@ def test_quiet_loggers_restores_levels():
 def test_torch_threads_sets_and_restores():
     import torch
 
-    from course_lib.env import torch_threads
+    from course_lib.core.env import torch_threads
 
     before = torch.get_num_threads()
     with torch_threads(1):

@@ -7,7 +7,7 @@ import pkgutil
 import pytest
 
 import course_lib.exercises as exercises
-from course_lib.env import REPO_ROOT
+from course_lib.core.env import REPO_ROOT
 
 CHAPTERS = [m.name for m in pkgutil.iter_modules(exercises.__path__) if m.name.startswith("ch")]
 CASES = [

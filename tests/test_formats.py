@@ -10,8 +10,8 @@ import torch
 
 from course_lib import formats
 from course_lib.formats import FloatFormat, decode, get_format, stats
-from course_lib.formats_demos import bits_per_param, bnb_nf4_storage, nf4_bits_per_param, running_sum
-from course_lib.formats_widget import bits_of, explain_bits
+from course_lib.formats.demos import bits_per_param, bnb_nf4_storage, nf4_bits_per_param, running_sum
+from course_lib.formats.widget import bits_of, explain_bits
 
 TORCH_FLOATS = [name for name, f in formats.FORMATS.items() if isinstance(f, FloatFormat) and f.torch_name]
 FP8 = ["fp8_e4m3fn", "fp8_e5m2", "fp8_e4m3fnuz", "fp8_e5m2fnuz"]
@@ -208,7 +208,7 @@ def test_bnb_nf4_storage_counts_every_part():
 
 def test_bit_explorer_widget_follows_its_toggles():
     pytest.importorskip("ipywidgets")
-    from course_lib.formats_widget import bit_explorer
+    from course_lib.formats.widget import bit_explorer
 
     panel = bit_explorer("fp8_e4m3fn", code=0x38)
     dropdown, toggles, _, out = panel.children

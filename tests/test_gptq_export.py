@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from course_lib import models
+from course_lib.lm import models
 from course_lib.gptq import (
     QuantLinear,
     gptq_quantize_model,
@@ -18,7 +18,7 @@ from course_lib.gptq import (
     unpack_rows,
     unpack_zeros_v1,
 )
-from course_lib.tokens import calibration_batches
+from course_lib.lm.tokens import calibration_batches
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py

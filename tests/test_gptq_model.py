@@ -4,11 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from course_lib import models
-from course_lib.gptq import HessianAccumulator, find_blocks, gptq_quantize_model, gptq_quantize_weight
-from course_lib.gptq.model import _first_block_inputs, _group_hessians, _run_block
+from course_lib.lm import models
+from course_lib.gptq import HessianAccumulator, gptq_quantize_model, gptq_quantize_weight
+from course_lib.gptq.model import _group_hessians
+from course_lib.lm.blocks import find_blocks, first_block_inputs, run_block
 from course_lib.quant import fake_quantize
-from course_lib.tokens import calibration_batches
+from course_lib.lm.tokens import calibration_batches
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
@@ -26,10 +27,10 @@ def test_captured_block_inputs_replay_the_model(arch):
     calib = _calib()
     path, blocks, _ = find_blocks(model)
     with torch.no_grad():
-        inputs = _first_block_inputs(model, blocks[0], calib, batch_size=4)
+        inputs = first_block_inputs(model, blocks[0], calib, batch_size=4)
         assert [h.shape[0] for h, _ in inputs] == [4, 2]
         for block in blocks:
-            inputs = [(h, kw) for h, (_, kw) in zip(_run_block(block, inputs), inputs)]
+            inputs = [(h, kw) for h, (_, kw) in zip(run_block(block, inputs), inputs)]
         out = model(calib, use_cache=False, output_hidden_states=True).hidden_states
     base = model.model if arch == "llama" else model.model.decoder
     final = base.norm if arch == "llama" else base.final_layer_norm
@@ -41,7 +42,7 @@ def test_group_hessians_share_inputs_and_stop_early():
     model = models.tiny_model("llama")
     _, blocks, _ = find_blocks(model)
     with torch.no_grad():
-        inputs = _first_block_inputs(model, blocks[0], _calib(), 3)
+        inputs = first_block_inputs(model, blocks[0], _calib(), 3)
         names = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
         ran = []
         counters = [blocks[0].get_submodule(n).register_forward_hook(lambda m, a, o, n=n: ran.append(n))
@@ -54,7 +55,7 @@ def test_group_hessians_share_inputs_and_stop_early():
         assert ran == names[:2]
         acc = HessianAccumulator(128)
         handle = blocks[0].self_attn.q_proj.register_forward_hook(acc.hook())
-        _run_block(blocks[0], inputs)
+        run_block(blocks[0], inputs)
         handle.remove()
     torch.testing.assert_close(H[names[0]], acc.H)
     assert acc.n == 6 * 32
@@ -87,8 +88,8 @@ def test_true_sequential_feeds_quantized_outputs_forward():
     float_model = models.tiny_model("llama")
     _, blocks, _ = find_blocks(float_model)
     with torch.no_grad():
-        x = _first_block_inputs(float_model, blocks[0], calib, 16)
-        x = [(h, kw) for h, (_, kw) in zip(_run_block(blocks[0], x), x)]
+        x = first_block_inputs(float_model, blocks[0], calib, 16)
+        x = [(h, kw) for h, (_, kw) in zip(run_block(blocks[0], x), x)]
         H = _group_hessians(blocks[1], ["self_attn.q_proj"], x)["self_attn.q_proj"]
     on_float = gptq_quantize_weight(blocks[1].self_attn.q_proj.weight, H, 4, group_size=64, scale_dtype=torch.float16)
     assert not torch.equal(on_float.qweight_float, rep.results["model.layers.1.self_attn.q_proj"].qweight_float)
@@ -179,7 +180,7 @@ def test_layer_the_forward_never_uses_is_named():
     _, blocks, _ = find_blocks(model)
     blocks[0].unused = torch.nn.Linear(128, 128)
     with torch.no_grad():
-        inputs = _first_block_inputs(model, blocks[0], _calib(), 3)
+        inputs = first_block_inputs(model, blocks[0], _calib(), 3)
         with pytest.raises(RuntimeError, match=r"\['unused'\] received no input.*skip"):
             _group_hessians(blocks[0], ["self_attn.q_proj", "unused"], inputs)
 

@@ -110,8 +110,8 @@ def test_damp_sweep_and_act_order_helpers():
 
 def test_layer_inputs_act_order_and_grid_on_a_tiny_model(tmp_path):
     from course_lib.gptq import save_gptq_checkpoint
-    from course_lib.models import load_tokenizer, tiny_model
-    from course_lib.perplexity import Protocol
+    from course_lib.lm.models import load_tokenizer, tiny_model
+    from course_lib.lm.perplexity import Protocol
 
     model = tiny_model("llama")
     calib = torch.randint(0, 100, (3, 16))
@@ -156,8 +156,8 @@ def test_quantize_grid_rejects_unknown_methods():
 
 
 def test_quantize_grid_names_each_grid_and_rejects_a_restricted_awq(tmp_path):
-    from course_lib.models import load_tokenizer, tiny_model
-    from course_lib.perplexity import Protocol
+    from course_lib.lm.models import load_tokenizer, tiny_model
+    from course_lib.lm.perplexity import Protocol
 
     model = tiny_model("llama")
     calib = torch.randint(0, 100, (2, 16))
@@ -169,8 +169,12 @@ def test_quantize_grid_names_each_grid_and_rejects_a_restricted_awq(tmp_path):
                                                      "asymmetric [0, 15]"]
     rtn_restricted = kept[1][0].model.layers[0].mlp.down_proj.weight
     assert len(torch.unique(rtn_restricted[0, :128])) <= 15  # [-7, 7]: at most 15 values in a group
+    from course_lib.awq import teach as awq_teach
+
     with pytest.raises(ValueError, match="restricted"):
-        teach.quantize_grid(model, None, calib, [{"method": "AWQ", "bits": 4, "restricted": True}])
+        awq_teach.quantize_grid(model, None, calib, [{"method": "AWQ", "bits": 4, "restricted": True}])
+    with pytest.raises(ValueError, match="awq.teach.quantize_grid"):  # gptq.teach alone knows no AWQ
+        teach.quantize_grid(model, None, calib, [{"method": "AWQ", "bits": 4}])
 
 
 def test_grid_summary_names_a_winner_only_beyond_the_spread():

@@ -1,4 +1,4 @@
-"""course_lib.gptq_tools: GPTQModel and llm-compressor quantize the bundled model, transformers reloads it.
+"""course_lib.gptq.tools: GPTQModel and llm-compressor quantize the bundled model, transformers reloads it.
 
 The slow tests quantize the bundled model once per library (16 x 128 calibration tokens, 4-bit,
 groups of 128) and check the reloaded model: finite logits, FAST perplexity within 5% of the float
@@ -15,9 +15,9 @@ import sys
 import pytest
 import torch
 
-from course_lib import gptq_tools
-from course_lib.models import BUNDLED_DIR
-from course_lib.perplexity import perplexity
+from course_lib.gptq import tools as gptq_tools
+from course_lib.lm.models import BUNDLED_DIR
+from course_lib.lm.perplexity import perplexity
 from tool_fixtures import N_LAYERS, calibration, float_ppl, tokenizer, two_torch_threads  # noqa: F401
 
 

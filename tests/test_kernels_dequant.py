@@ -35,7 +35,7 @@ def test_weights_in_rotation_exceed_the_l2_and_the_layer_sums():
 
 
 def test_needs_cuda():
-    from course_lib.env import DeviceUnavailableError
+    from course_lib.core.env import DeviceUnavailableError
     from course_lib.kernels.dequant_bench import dequant_rows
 
     if torch.cuda.is_available():

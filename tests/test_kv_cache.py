@@ -7,7 +7,7 @@ from course_lib.kv.attention import (AttentionWithKVCache, KVCache, attend, caus
                                      repeat_kv)
 from course_lib.kv.decoder import CourseDecoder
 from course_lib.kv.generate import generate, step_flops, total_flops
-from course_lib.models import load_model, tiny_model
+from course_lib.lm.models import load_model, tiny_model
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 

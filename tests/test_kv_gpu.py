@@ -9,7 +9,7 @@ from course_lib.kv.decoder import CourseDecoder
 from course_lib.kv.generate import generate
 from course_lib.kv.quant import KVQuant, QuantizedCache
 from course_lib.kv.static import StaticKVCache
-from course_lib.models import tiny_model
+from course_lib.lm.models import tiny_model
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

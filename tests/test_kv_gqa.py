@@ -6,7 +6,7 @@ import torch
 from course_lib.kv.decoder import CourseDecoder
 from course_lib.kv.gqa import attention_kind, convert_kv_heads, group_similarity
 from course_lib.kv.sizes import cache_tensor_bytes
-from course_lib.models import tiny_model
+from course_lib.lm.models import tiny_model
 
 
 def x():

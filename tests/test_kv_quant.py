@@ -7,7 +7,7 @@ from course_lib.kv.attention import attend
 from course_lib.kv.decoder import CourseDecoder
 from course_lib.kv.quant import (FP8_MAX, KVQuant, QuantizedCache, dequantize_grouped, fp8_quantize, int8_dequantize,
                                  int8_quantize, pack_bits, quantize_grouped, quantized_mask, simulate, unpack_bits)
-from course_lib.models import tiny_model
+from course_lib.lm.models import tiny_model
 
 SCHEMES = [KVQuant("fp8"), KVQuant("fp8", fmt="e5m2", scales=((0.01, 0.02),) * 3), KVQuant("int8"),
            KVQuant("kivi", bits=4, group=8, residual=8), KVQuant("kivi", bits=2, group=16, residual=0),

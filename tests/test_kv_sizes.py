@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from course_lib.kv import sizes
-from course_lib.models import tiny_model
+from course_lib.lm.models import tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -9,7 +9,7 @@ from course_lib.kv.bench import (GPU_PLAN, STATIC_MODES, decode_fits, fit_line, 
 from course_lib.kv.decoder import CourseDecoder
 from course_lib.kv.quant import KVQuant, QuantizedCache
 from course_lib.kv.static import StaticKVCache
-from course_lib.models import tiny_model
+from course_lib.lm.models import tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TOL = dict(rtol=1e-5, atol=1e-5)

@@ -1,4 +1,4 @@
-"""The course's lm-evaluation-harness tasks (course_lib.lm_eval_tasks, data/lm_eval).
+"""The course's lm-evaluation-harness tasks (course_lib.lm.eval_tasks, data/lm_eval).
 
 The data tests read the committed files and the corpus; the evaluation tests run lm-eval on the
 bundled model and on a tiny random one; the slow ones score the whole multiple-choice task and run
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from course_lib import lm_eval_tasks as lt
-from course_lib.corpus import load_split, parse_documents
-from course_lib.env import REPO_ROOT
+from course_lib.lm import eval_tasks as lt
+from course_lib.lm.corpus import load_split, parse_documents
+from course_lib.core.env import REPO_ROOT
 
 pytest.importorskip("lm_eval")
 
@@ -39,7 +39,7 @@ def other_splits_text() -> str:
 
 @cache
 def bundled():
-    from course_lib.models import load_model
+    from course_lib.lm.models import load_model
 
     return load_model(device="cpu")  # float32: the CLI test compares with the command line on CPU
 
@@ -109,7 +109,7 @@ def test_nextline_items_have_four_distinct_choices_and_the_true_next_line():
 
 
 def test_ppl_passages_are_whole_lines_of_test_works_and_fit_the_context():
-    from course_lib.models import load_tokenizer
+    from course_lib.lm.models import load_tokenizer
 
     tok = load_tokenizer()
     docs = lt.load_docs(lt.PPL_TASK)
@@ -166,7 +166,7 @@ def test_unknown_task_lists_the_valid_ones():
 
 
 def test_missing_data_says_how_to_build(tmp_path):
-    with pytest.raises(lt.TaskDataMissingError, match="python -m course_lib.lm_eval_tasks build"):
+    with pytest.raises(lt.TaskDataMissingError, match="python -m course_lib.lm.eval_tasks build"):
         lt.evaluate(None, None, task_dir=tmp_path)
 
 
@@ -204,7 +204,7 @@ def test_evaluate_bundled_model_small_limit_is_deterministic():
 
 
 def test_evaluate_tiny_random_model():
-    from course_lib.models import load_tokenizer, tiny_model
+    from course_lib.lm.models import load_tokenizer, tiny_model
 
     model = tiny_model("llama")
     # windows of 64 tokens: every passage (up to 255 tokens) is scored in several rolling windows

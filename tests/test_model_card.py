@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import re
 
-from course_lib import model_card
-from course_lib.models import load_model
+from course_lib.pipeline import model_card
+from course_lib.lm.models import load_model
 
 CARD = (model_card.MODEL_DIR / "README.md").read_text(encoding="utf-8")
 
@@ -14,7 +14,7 @@ CARD = (model_card.MODEL_DIR / "README.md").read_text(encoding="utf-8")
 def test_card_sha256_is_the_checkpoints():
     digest = model_card.sha256_file(model_card.MODEL_DIR / "model.safetensors")
     found = set(re.findall(r"\b[0-9a-f]{64}\b", CARD))
-    assert found == {digest}, "model.safetensors changed: rerun python -m course_lib.model_card and update the card"
+    assert found == {digest}, "model.safetensors changed: rerun python -m course_lib.pipeline.model_card and update the card"
 
 
 def test_card_parameters_and_training_numbers():

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import BertConfig
 
-from course_lib import models
-from course_lib.perplexity import FAST, perplexity
-from course_lib.tables import fmt
+from course_lib.lm import models
+from course_lib.lm.perplexity import FAST, perplexity
+from course_lib.core.tables import fmt
 
 ARCHS = ["llama", "qwen2", "mistral", "opt", "gpt2"]
 

@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from course_lib.canonical import KERNEL_NAME
-from course_lib.env import REPO_ROOT
+from course_lib.core.canonical import KERNEL_NAME
+from course_lib.core.env import REPO_ROOT
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb"))
 MAX_TEXT_OUTPUT = 20_000  # characters in one text output

@@ -2,7 +2,7 @@
 where one did not install): a cell that needs one says so in one line and shows the recorded result.
 
 The libraries are hidden from the kernel by a sitecustomize that fails their import and their
-package metadata, which is what transformers and course_lib.optional look at.
+package metadata, which is what transformers and course_lib.core.optional look at.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import json
 
 import pytest
 
-from course_lib.env import REPO_ROOT
-from course_lib.optional import LIBRARIES
+from course_lib.core.env import REPO_ROOT
+from course_lib.core.optional import LIBRARIES
 
 pytestmark = pytest.mark.slow
 
@@ -70,7 +70,7 @@ def test_the_blocker_hides_a_library(tmp_path, monkeypatch):
     code = ("import importlib.metadata as m, importlib.util as u\n"
             "try:\n    import tqdm\n    print('imported')\nexcept ImportError:\n    print('blocked')\n"
             "try:\n    m.version('tqdm')\nexcept m.PackageNotFoundError:\n    print('no metadata')\n"
-            "from course_lib.optional import missing; print(missing('tqdm', 'json'))")
+            "from course_lib.core.optional import missing; print(missing('tqdm', 'json'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**__import__("os").environ, **env}).stdout.split()
     assert out[:3] == ["blocked", "no", "metadata"] and "['tqdm']" in out[-1]
@@ -81,7 +81,7 @@ def test_notebook_runs_without_its_libraries(path, tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
 
-    from course_lib.canonical import canonical_environ
+    from course_lib.core.canonical import canonical_environ
 
     (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
     env = canonical_environ()

@@ -1,10 +1,10 @@
-"""course_lib.optional: a missing library gets one line and the canonical run's recording."""
+"""course_lib.core.optional: a missing library gets one line and the canonical run's recording."""
 
 import json
 
 import pytest
 
-from course_lib import optional
+from course_lib.core import optional
 
 
 def test_missing_and_have():

@@ -4,9 +4,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from course_lib import perplexity as P
-from course_lib.models import load_tokenizer
-from course_lib.tokens import calibration_batches, token_stream
+from course_lib.lm import perplexity as P
+from course_lib.lm.models import load_tokenizer
+from course_lib.lm.tokens import calibration_batches, token_stream
 
 
 class Uniform(torch.nn.Module):

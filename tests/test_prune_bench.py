@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from course_lib.env import DeviceUnavailableError
+from course_lib.core.env import DeviceUnavailableError
 from course_lib.prune import sparse_bench as sb
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -114,7 +114,7 @@ def test_to_2_4_refuses_a_shape_it_cannot_take():
 
 
 def test_the_h100_recording_is_complete():
-    from course_lib.results import load_result
+    from course_lib.core.results import load_result
 
     rec = load_result("h100_sparse24")
     assert "H100" in rec.device and rec.command.startswith("python -m course_lib.bench sparse24")

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from course_lib import models
+from course_lib.lm import models
 from course_lib.prune.recover import LoRALinear, recover
 from course_lib.prune.structured import (block_params, count_params, head_counts, mask_heads, mask_mlp_channels,
                                          mlp_widths, prune_heads, prune_mlp_channels)
@@ -35,7 +35,7 @@ def test_seed_attention_mass_is_the_same_for_every_head(bundled):
     # float32 on any device: on CUDA the model loads in bf16, whose probabilities sum to 1 only within ~2^-8 per row
     _, tok = bundled
     model = models.load_model(dtype=torch.float32)[0]
-    from course_lib.tokens import calibration_batches
+    from course_lib.lm.tokens import calibration_batches
 
     calib = calibration_batches(tok, 4, 64)
     impl = model.config._attn_implementation
@@ -262,7 +262,7 @@ def test_lora_merge_keeps_the_function():
 @pytest.mark.parametrize("lora_rank", [None, 4])
 def test_recovery_lowers_the_training_loss(bundled, lora_rank):
     _, tok = bundled
-    from course_lib.tokens import token_stream
+    from course_lib.lm.tokens import token_stream
 
     model = models.tiny_model("llama")  # same 4096-token vocabulary as the course tokenizer
     prune_heads(model, {0: [1]}, mode="kv_group")

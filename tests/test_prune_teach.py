@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from course_lib.models import tiny_model
-from course_lib.perplexity import Protocol
+from course_lib.lm.models import tiny_model
+from course_lib.lm.perplexity import Protocol
 from course_lib.prune.teach import (bits_per_weight, layer_error_rows, load_published, published_vs_ours,
                                     relative_error)
 

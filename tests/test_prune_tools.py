@@ -16,9 +16,9 @@ import torch
 
 pytest.importorskip("llmcompressor", reason="llm-compressor is not installed (pip install -e .[compress])")
 
-from course_lib.models import BUNDLED_DIR, load_tokenizer  # noqa: E402
+from course_lib.lm.models import BUNDLED_DIR, load_tokenizer  # noqa: E402
 from course_lib.prune.tools import prune_with_llmcompressor, sparsity_report  # noqa: E402
-from course_lib.tokens import calibration_batches  # noqa: E402
+from course_lib.lm.tokens import calibration_batches  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 N_TARGETED = 8 * 7  # 8 decoder layers x (q, k, v, o, gate, up, down)

@@ -7,13 +7,13 @@ import torch
 
 from course_lib.gptq.hessian import HessianAccumulator
 from course_lib.gptq.teach import hessian, layer_inputs, output_error
-from course_lib.models import load_model, tiny_model
+from course_lib.lm.models import load_model, tiny_model
 from course_lib.prune.model import model_sparsity, prune_model
 from course_lib.prune.sparsegpt import sparsegpt_prune_weight
 from course_lib.prune.unstructured import (check_sparsity, magnitude_mask, mask_from_scores, nm_violations,
                                            norms_from_hessian, parse_nm, seed_magnitude_pruning, sparsity_of,
                                            wanda_mask, wanda_scores)
-from course_lib.tokens import calibration_batches
+from course_lib.lm.tokens import calibration_batches
 
 
 def _correlated_inputs(n=1024, d=128, seed=0):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from course_lib.models import linear_layers, tiny_model
+from course_lib.lm.models import linear_layers, tiny_model
 from course_lib.quant.activations import (
     activation_stats,
     by_layer_kind,
@@ -174,7 +174,7 @@ def test_widget_builds(model):
 
 
 def test_rtn_sweep_leaves_model_alone(model):
-    from course_lib.perplexity import Protocol
+    from course_lib.lm.perplexity import Protocol
 
     before = {n: p.clone() for n, p in model.named_parameters()}
     stream = torch.randint(0, 512, (300,), generator=torch.Generator().manual_seed(0))

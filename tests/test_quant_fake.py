@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from course_lib import models
+from course_lib.lm import models
 from course_lib.quant import (
     GRANULARITIES,
     FakeQuantLinear,

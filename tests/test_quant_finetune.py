@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from course_lib.models import linear_layers, tiny_model
+from course_lib.lm.models import linear_layers, tiny_model
 from course_lib.quant.qat import QATConfig, finetune, qat_finetune
 
 VOCAB = 256

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from course_lib.models import linear_layers, tiny_model
+from course_lib.lm.models import linear_layers, tiny_model
 from course_lib.quant.fake import FakeQuantLinear
 from course_lib.quant.qat import QATConfig, distinct_values_per_group, qat_finetune, training_cost
-from course_lib.tokens import random_windows
+from course_lib.lm.tokens import random_windows
 
 VOCAB = 256
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from course_lib import models
-from course_lib.perplexity import FAST, perplexity
+from course_lib.lm import models
+from course_lib.lm.perplexity import FAST, perplexity
 from course_lib.quant import fake_quantize, quantize_model_rtn
 
 

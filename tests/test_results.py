@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from course_lib import results
+from course_lib.core import results
 
 
 def test_save_then_load_round_trips(tmp_path):

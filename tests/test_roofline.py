@@ -1,7 +1,10 @@
 import pytest
 import torch
 
-from course_lib import bench, roofline
+from course_lib import bench
+from course_lib.core.timing import copy_bandwidth_gbps, device_slug
+from course_lib.kernels import bench as kernels_bench
+from course_lib.kernels import roofline
 
 
 def test_flops_and_bytes():
@@ -23,7 +26,7 @@ def test_machine_ridge_and_bound():
 
 
 def test_linear_roofline_runs_on_cpu_and_counts_right():
-    rows = bench.linear_roofline(torch.device("cpu"), k=128, n=256, tokens=(1, 8), n_weights=2, reps=3)
+    rows = kernels_bench.linear_roofline(torch.device("cpu"), k=128, n=256, tokens=(1, 8), n_weights=2, reps=3)
     assert [r["tokens"] for r in rows] == [1, 8]
     for r in rows:
         assert r["time_us"] > 0 and r["us_per_token"] == pytest.approx(r["time_us"] / r["tokens"])
@@ -34,13 +37,13 @@ def test_linear_roofline_runs_on_cpu_and_counts_right():
 @pytest.mark.parametrize("name, slug", [("NVIDIA H100 80GB HBM3", "h100"), ("NVIDIA H200", "h200"),
                                         ("Tesla T4", "t4"), ("NVIDIA GeForce RTX 4090", "geforce_rtx_4090")])
 def test_result_files_are_named_after_the_gpu(name, slug):
-    assert bench.device_slug(name) == slug
+    assert device_slug(name) == slug
 
 
 def test_prefill_decode_times_on_cpu():
-    from course_lib.models import tiny_model
+    from course_lib.lm.models import tiny_model
 
-    row = bench.prefill_decode_times(tiny_model("llama"), prompt_tokens=16, new_tokens=4, reps=1)
+    row = kernels_bench.prefill_decode_times(tiny_model("llama"), prompt_tokens=16, new_tokens=4, reps=1)
     assert row["prompt_tokens"] == 16 and row["prefill_ms"] > 0
     assert row["decode_vs_prefill_per_token"] == pytest.approx(row["decode_us_per_token"] / row["prefill_us_per_token"])
 
@@ -56,7 +59,7 @@ def test_bench_refuses_without_cuda(capsys, which):
 @pytest.mark.gpu
 def test_roofline_on_gpu_is_memory_bound_at_batch_one():
     device = torch.device("cuda")
-    rows = bench.linear_roofline(device, tokens=(1, 4096), reps=10)
-    bandwidth = bench.copy_bandwidth_gbps(device, nbytes=1 << 30, reps=5)
+    rows = kernels_bench.linear_roofline(device, tokens=(1, 4096), reps=10)
+    bandwidth = copy_bandwidth_gbps(device, nbytes=1 << 30, reps=5)
     assert rows[0]["gbps"] > 0.5 * bandwidth  # batch 1 streams weights near the copy bandwidth
     assert rows[1]["tflops"] > 20 * rows[0]["tflops"]  # batching turns it compute-bound

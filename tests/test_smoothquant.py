@@ -1,12 +1,12 @@
-"""course_lib.smoothquant: scales, folding into norms, simulated W8A8."""
+"""course_lib.awq.smoothquant: scales, folding into norms, simulated W8A8."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from course_lib import models
-from course_lib.smoothquant import W8A8Linear, activation_absmax, quantize_w8a8, smooth_model, smooth_scales
+from course_lib.lm import models
+from course_lib.awq.smoothquant import W8A8Linear, activation_absmax, quantize_w8a8, smooth_model, smooth_scales
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -70,7 +70,7 @@ def test_quantize_w8a8_replaces_block_linears_only():
 
 
 def test_injected_outliers_keep_the_float_model_and_smoothing_removes_them():
-    from course_lib.smoothquant import inject_outliers, outlier_ratio, w8a8_rows
+    from course_lib.awq.smoothquant import inject_outliers, outlier_ratio, w8a8_rows
 
     model, calib = models.tiny_model("llama"), _calib()
     with torch.no_grad():
@@ -85,8 +85,8 @@ def test_injected_outliers_keep_the_float_model_and_smoothing_removes_them():
 
 
 def test_w8a8_rows_smoothing_helps_per_tensor_on_injected_outliers():
-    from course_lib import perplexity
-    from course_lib.smoothquant import inject_outliers, w8a8_rows
+    from course_lib.lm import perplexity
+    from course_lib.awq.smoothquant import inject_outliers, w8a8_rows
 
     model, calib = models.tiny_model("llama"), _calib(8, 64)
     inject_outliers(model, [3, 70], factor=100.0)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from course_lib.tables import fmt, table_str
+from course_lib.core.tables import fmt, table_str
 
 
 @pytest.mark.parametrize(

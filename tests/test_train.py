@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from course_lib import train
-from course_lib.models import load_model
+from course_lib.pipeline import train
+from course_lib.lm.models import load_model
 
 
 def test_smoke_training_is_deterministic_and_learns(tmp_path):
@@ -33,7 +33,7 @@ def test_cli_smoke(tmp_path, capsys):
 
 
 def test_shipped_dimensions_and_bad_specs():
-    tok = __import__("course_lib.models", fromlist=["load_tokenizer"]).load_tokenizer()
+    tok = __import__("course_lib.lm.models", fromlist=["load_tokenizer"]).load_tokenizer()
     from transformers import LlamaForCausalLM
 
     train.check_dims(LlamaForCausalLM(train.llama_config(train.ModelSpec(), tok)))

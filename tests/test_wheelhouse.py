@@ -2,8 +2,8 @@
 
 import pytest
 
-from course_lib import wheelhouse as wh
-from course_lib.env import pinned_versions
+from course_lib.core import wheelhouse as wh
+from course_lib.core.env import pinned_versions
 
 
 def test_extras_expand_and_the_base_image_is_left_out():

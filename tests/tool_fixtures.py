@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_lib.models import load_model, load_tokenizer
-from course_lib.perplexity import perplexity
-from course_lib.tokens import calibration_batches
+from course_lib.lm.models import load_model, load_tokenizer
+from course_lib.lm.perplexity import perplexity
+from course_lib.lm.tokens import calibration_batches
 
 N_LAYERS = 8 * 7  # 8 decoder layers x (q, k, v, o, gate, up, down); lm_head stays float
 

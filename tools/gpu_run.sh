@@ -44,7 +44,7 @@ if [ ! -x "$VENV/bin/python" ] || [ "$WHEELHOUSE/requirements.txt" -nt "$VENV/.i
   # point the new venv at the image's site-packages explicitly (after its own, which take precedence).
   "$PYTHON" -c 'import site; print("\n".join(site.getsitepackages()))' \
     > "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/_gpu_image.pth"
-  # The lock is the whole pinned closure: install it without resolving (see course_lib/wheelhouse.py).
+  # The lock is the whole pinned closure: install it without resolving (see course_lib/core/wheelhouse.py).
   "$VENV/bin/python" -m pip install --quiet --no-index --no-deps --find-links "$WHEELHOUSE" -r "$WHEELHOUSE/requirements.txt"
   "$VENV/bin/python" -m pip install --quiet --no-index --no-deps --no-build-isolation -e .
   "$VENV/bin/python" -m ipykernel install --sys-prefix --name llm-course --display-name "Python 3 (LLM course)" >/dev/null
@@ -55,7 +55,7 @@ if [ "$BENCH" = 1 ]; then
   echo "== recording GPU benchmarks into data/results/"
   while read -r bench; do "$VENV/bin/python" -m course_lib.bench $bench; done < <(sed -n 's/^\t\$(PY) -m course_lib.bench //p' Makefile)
 fi
-OPTS=(-o "addopts=-p no:cacheprovider -p course_lib.nbval_plugin" -p no:randomly)
+OPTS=(-o "addopts=-p no:cacheprovider -p course_lib.core.nbval_plugin" -p no:randomly)
 START=$SECONDS
 if [ "$PART" = all ] || [ "$PART" = unit ]; then
   echo "== unit tests on CUDA (${COURSE_GPU_WORKERS:-4} xdist workers sharing the GPU)"

@@ -12,7 +12,7 @@ mkdir -p "$RUNS"
 while read -r name opts; do
   case "$name" in ""|\#*) continue ;; esac
   # shellcheck disable=SC2086
-  "$PY" -m course_lib.train --out "$RUNS/$name" --device cuda $opts > "$RUNS/$name.log" 2>&1 || echo "run $name failed" >&2 &
+  "$PY" -m course_lib.pipeline.train --out "$RUNS/$name" --device cuda $opts > "$RUNS/$name.log" 2>&1 || echo "run $name failed" >&2 &
 done < "$ROUND"
 wait
 "$PY" - "$RUNS" <<'PY'

@@ -107,7 +107,7 @@ def attention_rows(*, seq_lens=SEQ_LENS, head_dims=(64, 128), backends=BACKENDS,
     """One row per (head_dim, seq_len, backend): ms (median of two passes), spread, TFLOP/s, peak MiB, or a note."""
     device = torch.device(device)
     if device.type == "cuda":
-        from ..env import require_cuda
+        from ..core.env import require_cuda
 
         require_cuda("The attention benchmark")
     rows = []
@@ -231,7 +231,7 @@ def record_attention(name: str | None = None, *, tune: str | None = None, smoke:
     """
     import sys
 
-    from ..results import save_result
+    from ..core.results import save_result
 
     started = time.perf_counter()
     if tune is not None:
@@ -245,8 +245,8 @@ def record_attention(name: str | None = None, *, tune: str | None = None, smoke:
         sizes = dict(seq_lens=(32, 64), head_dims=(64,), device="cpu", tokens=64, hidden=128, target_s=0.002)
         name = name or "cpu_attention_smoke"
     else:
-        from ..bench import copy_bandwidth_gbps, device_slug, matmul_tflops
-        from ..env import require_cuda
+        from ..core.timing import copy_bandwidth_gbps, device_slug, matmul_tflops
+        from ..core.env import require_cuda
 
         require_cuda("The attention benchmark")
         sizes = {}

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+from ..kv.attention import visible  # the bottom-right causal mask, written in chapter 09
+
 
 def check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int]:
     """Validate (B, H, Tq, d) queries against (B, H_kv, Tk, d) keys/values; return (H, H_kv)."""
@@ -20,15 +22,6 @@ def check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int
     if h % h_kv:
         raise ValueError(f"{h} query heads cannot share {h_kv} KV heads: the query heads must be a multiple.")
     return h, h_kv
-
-
-def visible(q_len: int, k_len: int, causal: bool, device=None) -> torch.Tensor:
-    """Bool (q_len, k_len): may query i see key j? Causal masks align bottom-right (query i is token
-    k_len - q_len + i), so with q_len > k_len the first rows see nothing."""
-    if not causal:
-        return torch.ones(q_len, k_len, dtype=torch.bool, device=device)
-    i = torch.arange(q_len, device=device)[:, None]
-    return torch.arange(k_len, device=device)[None, :] <= i + (k_len - q_len)
 
 
 def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,

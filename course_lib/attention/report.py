@@ -1,14 +1,14 @@
 """Reading the recorded attention benchmark (``bench.py``): shares of peak, standings with their noise,
 where the time goes at short sequences, and the seed's speed and length claims against the measurement.
 
-Every function takes the rows of a result file (``course_lib.results.load_result``), so the notebook
+Every function takes the rows of a result file (``course_lib.core.results.load_result``), so the notebook
 prints the same analysis for whichever GPU recorded it. Rows recorded before the benchmark measured
 non-causal attention, a spread or the roofs simply lack those fields; the functions say so.
 """
 
 from __future__ import annotations
 
-from ..results import RESULTS_DIR, Recorded, load_result
+from ..core.results import RESULTS_DIR, Recorded, load_result
 from .bench import SPEC_BF16_TFLOPS, attention_flops
 from .tiled import tile_grid
 

@@ -3,6 +3,11 @@
     core   ScaleGroup, AWQ_ARCHITECTURES, scale_groups, awq_scales, search_scales -> ScaleSearch, fold_scales,
            search_clip / apply_clip (the clipping search)
     model  awq_quantize_model(model, calibration, bits, group_size=...) -> AWQReport (block by block, float inputs)
+    export        the AWQ "GEMM" checkpoint: save_awq_checkpoint / load_awq_checkpoint
+    smoothquant   SmoothQuant: activation maxima, the migration scales, simulated W8A8
+    teach         chapter 04's experiments; quantize_grid with AWQ among the methods
+    tools, tools_status   llm-compressor's and GPTQModel's AWQ and SmoothQuant; AutoAWQ's state today
+    bench         awq-time and awq-seeds (python -m course_lib.bench ...)
 
     from course_lib.awq import awq_quantize_model
     report = awq_quantize_model(model, calibration_batches(tok, 128, 256), bits=4, group_size=128)

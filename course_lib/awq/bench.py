@@ -1,4 +1,7 @@
-"""Chapter 04's GPTQ-against-AWQ ranking over several calibration draws, recorded on CPU.
+"""Chapter 04's benchmarks: AWQ's quantization time against the libraries, and the GPTQ-against-AWQ ranking
+over several calibration draws, recorded on CPU.
+
+    python -m course_lib.bench awq-time [--device cpu|cuda] [--tools ...] [--bits 4] [--threads 2]
 
     python -m course_lib.bench awq-seeds [--seeds 0 1 2 3 4] [--bits 4 3] [--eval-tokens 8192 16384] [--threads 1]
                                          [--name cpu_awq_gptq_seeds]
@@ -6,7 +9,7 @@
 The notebook compares GPTQ and AWQ on one draw of calibration windows (seed 0, the small profile's
 16 x 128 tokens), where they differ by a few tenths of a percent in perplexity. Whether that is a
 ranking or noise needs the spread over draws: each seed draws other random windows of the
-calibration split (course_lib.tokens.calibration_batches), and GPTQ and AWQ run on the same windows,
+calibration split (course_lib.lm.tokens.calibration_batches), and GPTQ and AWQ run on the same windows,
 4 and 3 bits, groups of 128, asymmetric grid. Each model is scored on two evaluation sets, the first
 8192 and 16384 tokens of the test split (the notebook's small profile and the course's FAST protocol):
 the evaluation tokens are a second source of noise beside the calibration draw. With --threads 1 (the
@@ -16,6 +19,14 @@ canonical run's setting) the seed-0 rows are the notebook's own numbers.
 from __future__ import annotations
 
 import statistics
+import time
+
+from ..gptq.bench import save_quant_time, time_setup, tool_time_rows
+
+AWQ_TOOLS = ("course_lib", "course_lib-duo-noclip", "llmcompressor", "gptqmodel")
+AWQ_TIME_DESCRIPTION = ("AWQ of the bundled model (float32, GPTQModel bfloat16; 128 x 256 calibration tokens, group 128, zero "
+           "point): median wall time of load + quantize + save, and FAST perplexity on CPU after reloading the "
+           "checkpoint with transformers (float model: 44.29)")
 
 METHODS = ("GPTQ", "AWQ")
 EVAL_TOKENS = (8192, 16384)  # the notebook's small-profile perplexity, and the course's FAST protocol
@@ -28,10 +39,10 @@ def seed_rows(seeds=(0, 1, 2, 3, 4), bits=(4, 3), *, n_samples: int = 16, seq_le
     reads no calibration data) once per bit width, with seed None."""
     import torch
 
-    from .. import models
-    from ..gptq.teach import quantize_grid
-    from ..perplexity import Protocol, perplexity
-    from ..tokens import calibration_batches
+    from ..lm import models
+    from .teach import quantize_grid
+    from ..lm.perplexity import Protocol, perplexity
+    from ..lm.tokens import calibration_batches
 
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct integers, at least one; got {seeds!r}.")
@@ -99,7 +110,7 @@ def record_seed_spread(name: str | None = None, *, seeds=(0, 1, 2, 3, 4), bits=(
     data/results/<name>.json."""
     import torch
 
-    from ..results import save_result
+    from ..core.results import save_result
 
     torch.set_num_threads(threads)
     name = name or "cpu_awq_gptq_seeds"
@@ -114,3 +125,59 @@ def record_seed_spread(name: str | None = None, *, seeds=(0, 1, 2, 3, 4), bits=(
                                    "tokens of the calibration split, the small profile's; seed = the draw), groups of "
                                    "128, asymmetric grid, float32 on CPU; ppl_<n>: perplexity on the first n test tokens")
     print(f"wrote {path}")
+
+
+def awq_time_rows(device: str = "cpu", bits=(4,), tools=AWQ_TOOLS, *, repeats: int = 1, n_samples: int = 128,
+                  seq_len: int = 256, group_size: int = 128) -> list[dict]:
+    """The same AWQ job (the bundled model in float32, n_samples x seq_len calibration tokens, group_size,
+    zero point) with course_lib.awq (the paper's settings: x-only scales, then the clipping search;
+    "course_lib-duo-noclip": llm-compressor's, duo scaling and no clipping), llm-compressor's AWQModifier
+    (float32) and GPTQModel's AWQ (bfloat16: it can't calibrate float32 on a CPU, see awq_tools): median
+    wall time of load + quantize + save, then FAST perplexity on CPU after reloading (course_lib: the AWQ
+    checkpoint it wrote, reloaded by transformers). AWQ checkpoints are 4-bit; course_lib at other widths
+    is timed without the save (`saved` False) and scored in memory."""
+    import torch
+
+    from . import awq_quantize_model
+    from .export import AWQ_BITS, load_awq_checkpoint, save_awq_checkpoint
+    from ..lm.models import BUNDLED_DIR, load_model
+
+    tokenizer, calib = time_setup("awq", tools, AWQ_TOOLS, device, n_samples, seq_len)
+
+    def run_once(tool: str, b: int, out: str):
+        if tool.startswith("course_lib"):
+            start = time.perf_counter()
+            model, _ = load_model(device=device, dtype=torch.float32)
+            like_llmc = tool == "course_lib-duo-noclip"  # llm-compressor's settings: duo scaling, no clipping
+            report = awq_quantize_model(model, calib.to(device), b, group_size=group_size, duo=like_llmc,
+                                        clip=not like_llmc, progress=False)
+            if b != AWQ_BITS:
+                return time.perf_counter() - start, False, model.cpu()
+            save_awq_checkpoint(model, report, out, tokenizer)
+            seconds = time.perf_counter() - start
+            return seconds, True, load_awq_checkpoint(out, dtype=torch.float32)
+        from ..gptq import tools as gptq_tools
+        from . import tools as awq_tools
+
+        if tool == "llmcompressor":
+            run = awq_tools.quantize_awq_with_llmcompressor(BUNDLED_DIR, out, calib, bits=b, group_size=group_size)
+        else:
+            run = awq_tools.quantize_awq_with_gptqmodel(BUNDLED_DIR, out, calib, bits=b, group_size=group_size)
+        seconds = run.seconds
+        return seconds, True, gptq_tools.load_quantized(out)
+
+    return tool_time_rows(run_once, tools, bits, device=device, repeats=repeats, group_size=group_size,
+                          tokenizer=tokenizer)
+
+
+def record_awq_time(device: str = "cpu", bits=(4,), tools=None, threads: int | None = None, repeats: int = 1,
+                    name: str | None = None) -> None:
+    """Run awq_time_rows and save them (python -m course_lib.bench awq-time)."""
+    import torch
+
+    tools = tuple(tools or AWQ_TOOLS)
+    if threads:
+        torch.set_num_threads(threads)
+    rows = awq_time_rows(device, bits, tools, repeats=repeats)
+    save_quant_time("awq", rows, device=device, bits=bits, tools=tools, threads=threads, repeats=repeats, name=name,
+                    description=AWQ_TIME_DESCRIPTION)

@@ -174,7 +174,7 @@ def bytes_by_part(checkpoint_dir: str | Path) -> dict[str, int]:
 
 def load_awq_checkpoint(path: str | Path, *, dtype: torch.dtype = torch.float16, device_map: str = "cpu"):
     """Load an AWQ checkpoint with transformers (gptqmodel provides the AWQ layers), in eval mode."""
-    from ..gptq_tools import load_quantized
+    from ..gptq.tools import load_quantized
 
     path = Path(path)
     config_file = path / "config.json"

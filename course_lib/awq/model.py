@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..gptq.model import _first_block_inputs, _run_block, block_progress, check_calibration, find_blocks
+from ..lm.blocks import block_progress, check_calibration, find_blocks, first_block_inputs, run_block
 from ..quant.affine import QTensor, check_args, dequantize, quantize
 from .core import (N_GRID, ScaleGroup, ScaleSearch, apply_clip, architecture_groups, fold_scales, scale_groups,
                    search_clip, search_scales)
@@ -58,7 +58,7 @@ def _record_inspect_inputs(block: nn.Module, groups: list[ScaleGroup], inputs) -
 
     handles = [block.get_submodule(n).register_forward_pre_hook(make(n), with_kwargs=True) for n in seen]
     try:
-        outs = _run_block(block, inputs)
+        outs = run_block(block, inputs)
     finally:
         for h in handles:
             h.remove()
@@ -71,7 +71,7 @@ def _sample_linear_inputs(block: nn.Module, names: list[str], inputs, n_tokens: 
     handles = [block.get_submodule(n).register_forward_pre_hook(
         lambda m, args, n=n: seen[n].append(args[0].reshape(-1, args[0].shape[-1]))) for n in names]
     try:
-        _run_block(block, inputs)
+        run_block(block, inputs)
     finally:
         for h in handles:
             h.remove()
@@ -125,7 +125,7 @@ def awq_quantize_model(model: nn.Module, calibration: torch.Tensor, bits: int = 
     was_training = model.training
     model.eval()
     try:
-        inputs = _first_block_inputs(model, blocks[0], calibration, batch_size)
+        inputs = first_block_inputs(model, blocks[0], calibration, batch_size)
         for i, block in enumerate(block_progress(blocks, "AWQ blocks", progress)):
             recorded, outputs = _record_inspect_inputs(block, per_block[i], inputs)
             for g in per_block[i]:

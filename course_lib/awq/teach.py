@@ -4,6 +4,7 @@
     keep_salient(model_copy, stats, bits=3, fraction=0.01, by="activation")   # RTN, 1% of columns kept in float
     rows = scaling_rows(W, x, channel, scales=(1, 2, 4))         # one channel scaled up: its error and the group's step
     lm_eval_rows(models, tok, tasks=("course_ppl",), limit=24)  # lm-eval's metrics of several models (needs lm_eval)
+    quantize_grid(model, tok, calib, configs)                   # gptq.teach's grid, with AWQ among the methods
 """
 
 from __future__ import annotations
@@ -11,10 +12,29 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..gptq.model import find_blocks
+from ..gptq import teach as gptq_teach
+from ..lm.blocks import find_blocks
 from ..quant.affine import dequantize, fake_quantize, quantize
+from .model import awq_quantize_model
 
 CRITERIA = ("activation", "weight", "random")
+
+
+def _awq(model: nn.Module, calibration: torch.Tensor, cfg: dict):
+    return awq_quantize_model(model, calibration, cfg["bits"], group_size=cfg.get("group_size"),
+                              symmetric=cfg["symmetric"], clip=cfg.get("clip", True), duo=cfg.get("duo", False),
+                              progress=False)
+
+
+# AWQ in quantize_grid: config keys "clip" (default True) and "duo" (default False); zero point by default
+AWQ_METHOD = gptq_teach.GridMethod(quantize=_awq, symmetric=False)
+
+
+def quantize_grid(model, tokenizer, calibration: torch.Tensor, configs, **kwargs) -> list[dict]:
+    """gptq.teach.quantize_grid with AWQ among the methods: {"method": "AWQ", "bits", "group_size",
+    "symmetric" (default False), "clip" (default True), "duo" (default False)}."""
+    return gptq_teach.quantize_grid(model, tokenizer, calibration, configs,
+                                    methods={"AWQ": AWQ_METHOD, **kwargs.pop("methods", {})}, **kwargs)
 
 
 def block_linears(model: nn.Module, skip: tuple[str, ...] = ("lm_head",)) -> list[str]:
@@ -29,7 +49,7 @@ def channel_stats(model: nn.Module, calibration: torch.Tensor, names: list[str] 
                   batch_size: int = 16) -> dict[str, dict[str, torch.Tensor]]:
     """Per input channel of each named linear layer (default: every block linear), over all calibration
     tokens: {"mean": mean |x_j|, "max": max |x_j|} (float32, on the model's device)."""
-    from ..gptq.model import check_calibration
+    from ..lm.blocks import check_calibration
 
     check_calibration(model, calibration)
     names = names or block_linears(model)
@@ -122,13 +142,13 @@ def scaling_rows(W: torch.Tensor, x: torch.Tensor, channel: int, scales=(1.0, 1.
 
 
 def lm_eval_rows(models: list[nn.Module], tokenizer, tasks, limit: int | None = None) -> list[dict]:
-    """lm-eval's headline metrics (course_lib.lm_eval_tasks.evaluate) for each model, in order, with lm-eval's
+    """lm-eval's headline metrics (course_lib.lm.eval_tasks.evaluate) for each model, in order, with lm-eval's
     progress bars (stderr) and log lines below ERROR silenced. Needs lm_eval."""
     import contextlib
     import io
 
-    from ..env import quiet_loggers
-    from ..lm_eval_tasks import evaluate
+    from ..core.env import quiet_loggers
+    from ..lm.eval_tasks import evaluate
 
     rows = []
     for m in models:

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..gptq.model import block_progress
-from ..train import _autocast, adamw, warmup_cosine
+from ..lm.blocks import block_progress
+from ..lm.recipe import adamw, autocast, warmup_cosine
 from .encoder_task import WORKS, PassageTask, available_titles, passage_task
 from .loss import distillation_loss
 from .student import param_count  # embeddings included, as the DistilBERT paper counts them
@@ -140,7 +140,7 @@ def accuracy(model, ids: torch.Tensor, labels: torch.Tensor, batch_size: int = 2
     device, was_training = _device(model), model.training
     model.eval()
     correct = 0
-    with torch.no_grad(), _autocast(device):
+    with torch.no_grad(), autocast(device):
         for i in range(0, len(ids), batch_size):
             pred = _logits(model, ids[i: i + batch_size].to(device)).argmax(-1)
             correct += int((pred == labels[i: i + batch_size].to(device)).sum())
@@ -191,12 +191,12 @@ def train_classifier(model, task: PassageTask, *, steps: int, batch_size: int = 
         ids, labels = task.train_ids[idx].to(device), task.train_labels[idx].to(device)
         for group in opt.param_groups:
             group["lr"] = warmup_cosine(step - 1, lr, warmup, steps, 0.1)
-        with _autocast(device):
+        with autocast(device):
             logits = _logits(model, ids)
         if teacher is None:
             loss = F.cross_entropy(logits.float(), labels)
         else:
-            with torch.no_grad(), _autocast(_device(teacher)):
+            with torch.no_grad(), autocast(_device(teacher)):
                 teacher_logits = _logits(teacher, ids.to(_device(teacher))).to(device)
             loss = distillation_loss(logits, teacher_logits, labels, temperature=temperature, alpha=alpha).loss
         opt.zero_grad(set_to_none=True)
@@ -215,15 +215,15 @@ def train_classifier(model, task: PassageTask, *, steps: int, batch_size: int = 
 
 def time_models(models: dict, ids: torch.Tensor, batch_size: int = 64, repeats: int = 5) -> dict[str, float]:
     """Passages per second of each model's forward pass over `ids`: best of `repeats` interleaved rounds
-    (course_lib.bench.best_of_interleaved), after one untimed warm-up pass per model."""
-    from ..bench import best_of_interleaved
+    (course_lib.core.timing.best_of_interleaved), after one untimed warm-up pass per model."""
+    from ..core.timing import best_of_interleaved
 
     if not models or repeats < 1:
         raise ValueError("time_models needs at least one model and repeats >= 1.")
 
     def one_pass(model):
         device = _device(model)
-        with torch.no_grad(), _autocast(device):
+        with torch.no_grad(), autocast(device):
             for i in range(0, len(ids), batch_size):
                 _logits(model, ids[i: i + batch_size].to(device))
 
@@ -273,7 +273,7 @@ def run_encoder_experiment(tokenizer, *, teacher_steps: int, student_steps: int,
     Returns {"rows": [{name, layers, params, layer_params, test_acc, passages_per_s}], "task": task.sizes(),
     "runs": {name: ClassifierRun}, "models": {name: model}, "seconds": total}.
     """
-    from ..env import choose_device
+    from ..core.env import choose_device
 
     device = device if isinstance(device, torch.device) else choose_device(device)
     spec = spec or EncoderSpec()

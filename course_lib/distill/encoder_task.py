@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..corpus import list_documents
+from ..lm.corpus import list_documents
 
 # Varied on purpose: a tragedy, a comedy, a late romance, a history play, Milton's epic and the Sonnets.
 WORKS: tuple[str, ...] = ("Hamlet", "Twelfth Night", "The Tempest", "King Richard III", "Paradise Lost", "Sonnets")

@@ -12,8 +12,8 @@ import time
 
 import torch
 
-from ..perplexity import FAST, perplexity
-from ..tokens import token_stream
+from ..lm.perplexity import FAST, perplexity
+from ..lm.tokens import token_stream
 from .encoder import ENCODER_PROFILES
 from .loss import distillation_loss, soft_targets
 from .sequence import TeacherSamples, repeated_ngrams, teacher_corpus
@@ -159,11 +159,11 @@ def record_distill(name: str | None = None, profile: str = "large", device=None,
     the compression table) to <device>_distill.json, part "extras" (decoding, context distillation, the
     encoder) to <device>_distill_extras.json, part "encoder" (the encoder experiment once per seed in
     `seeds`) to <device>_distill_encoder.json; "all" does all three."""
-    from ..bench import device_slug
-    from ..env import choose_device
-    from ..models import load_model
-    from ..results import save_result
-    from ..tokens import calibration_batches
+    from ..core.timing import device_slug
+    from ..core.env import choose_device
+    from ..lm.models import load_model
+    from ..core.results import save_result
+    from ..lm.tokens import calibration_batches
     from .encoder import run_encoder_experiment
     from .incontext import context_experiment
 

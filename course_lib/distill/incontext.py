@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..env import seed_everything
-from ..gptq.model import block_progress
-from ..train import _autocast, warmup_cosine
+from ..core.env import seed_everything
+from ..lm.blocks import block_progress
+from ..lm.recipe import autocast, warmup_cosine
 from .encoder_task import work_tokens
 from .loss import soft_kl
 
@@ -68,7 +68,7 @@ def context_logits(model, windows: torch.Tensor, prefix: torch.Tensor | None, ba
         x = windows[i : i + batch_size]
         if prefix is not None:
             x = torch.cat([prefix.expand(x.shape[0], -1), x], dim=1)
-        with _autocast(device):
+        with autocast(device):
             logits = model(input_ids=x.to(device)).logits.float()
         out.append(logits[:, -windows.shape[1] :].cpu())
     return torch.cat(out)
@@ -99,7 +99,7 @@ def distil_context(student, teacher_logits: torch.Tensor, windows: torch.Tensor,
         rows = torch.randint(0, windows.shape[0], (batch_size,), generator=gen)
         for group in opt.param_groups:
             group["lr"] = warmup_cosine(step, lr, max(1, steps // 10), steps, 0.1)
-        with _autocast(device):
+        with autocast(device):
             logits = student(input_ids=windows[rows].to(device)).logits
         loss = soft_kl(logits[:, :-1], teacher_logits[rows, :-1].to(device))
         opt.zero_grad(set_to_none=True)

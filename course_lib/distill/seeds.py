@@ -22,8 +22,8 @@ from dataclasses import replace
 
 import torch
 
-from ..perplexity import FAST, Protocol, perplexity
-from ..tokens import token_stream
+from ..lm.perplexity import FAST, Protocol, perplexity
+from ..lm.tokens import token_stream
 from .experiments import PROFILES, RUNS
 from .student import new_student
 from .trainer import CorpusWindows, DistillConfig, make_eval_set, train_student
@@ -35,7 +35,7 @@ CE, KD = SEED_RUNS
 
 def _device(device) -> torch.device:
     """A torch.device from a name, None (CUDA when there is one) or a torch.device."""
-    from ..env import choose_device
+    from ..core.env import choose_device
 
     return device if isinstance(device, torch.device) else choose_device(device)
 
@@ -63,7 +63,7 @@ def train_seed_run(seed: int, run: str, profile: str = "large", *, steps: int | 
     (course protocol, ``FAST``: test split, first 16,384 tokens) of both checkpoints, seconds, and the
     evaluation log. A top-level function, so that a worker process can run it.
     """
-    from ..models import load_model
+    from ..lm.models import load_model
 
     if run not in SEED_RUNS:
         raise ValueError(f"run must be one of {SEED_RUNS}, got {run!r}.")
@@ -164,8 +164,8 @@ def record_seeds(name: str | None = None, profile: str = "large", *, seeds=(0, 1
                  device=None, workers: int | None = None, test_tokens: int | None = None, directory=None,
                  progress: bool = True):
     """Run seed_rows and save rows and summary to data/results/<device>_distill_seeds.json; returns the path."""
-    from ..bench import device_slug
-    from ..results import save_result
+    from ..core.timing import device_slug
+    from ..core.results import save_result
 
     device = _device(device)
     name = name or ("cpu" if device.type == "cpu" else device_slug()) + "_distill_seeds"
@@ -196,7 +196,7 @@ def record_seeds(name: str | None = None, profile: str = "large", *, seeds=(0, 1
 
 def seed_table(summary: dict) -> list[dict]:
     """One row per run for print_table: each number as 'mean ± sd' over the seeds (the summary of summarize)."""
-    from ..tables import fmt
+    from ..core.tables import fmt
 
     def cell(stat: dict) -> str:
         return f"{fmt(stat['mean'])} ± {fmt(stat['sd'], 2)}"

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..gptq.model import block_progress
-from ..tokens import random_windows
-from ..train import _autocast
+from ..lm.blocks import block_progress
+from ..lm.tokens import random_windows
+from ..lm.recipe import autocast
 from .loss import IGNORE_INDEX
 
 
@@ -44,7 +44,7 @@ def sample_from_teacher(teacher, prompts: torch.Tensor, new_tokens: int, *, temp
         tokens = prompts[i : i + batch_size].to(device)
         step_input, cache = tokens, None
         for _ in range(new_tokens):
-            with _autocast(device):
+            with autocast(device):
                 res = teacher(input_ids=step_input, past_key_values=cache, use_cache=True)
             logits, cache = res.logits[:, -1].float(), res.past_key_values
             if greedy:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..env import seed_everything
-from ..train import ModelSpec, llama_config
+from ..core.env import seed_everything
+from ..lm.recipe import ModelSpec, llama_config
 
 # hidden 128 (teacher 256), 6 layers (8), 2 heads with 1 KV head (4 and 2), MLP 384 (768):
 # 2,229,888 parameters against the teacher's 8,392,960 (26.6%); half of them are the embeddings.

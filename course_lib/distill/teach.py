@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ..plotting import PALETTE
+from ..core.plotting import PALETTE
 from .loss import soft_targets
 
 

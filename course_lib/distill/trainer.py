@@ -6,7 +6,7 @@ One loop serves the chapter's three white-box runs:
 * logit KD: the same windows, scored with ``distillation_loss`` against the teacher's logits;
 * sequence-level KD: CE again, but on text the teacher generated (``sequence.TeacherSamples``).
 
-The recipe is the course model's (``course_lib.train``): AdamW (0.9, 0.95), linear warm-up then
+The recipe is the course model's (``course_lib.pipeline.train``): AdamW (0.9, 0.95), linear warm-up then
 cosine decay, gradient clipping, bf16 autocast on CUDA. Evaluation every ``eval_every`` steps scores
 the student on fixed validation windows: cross-entropy against the text, and KL(teacher || student)
 against the teacher's distributions, which are computed once and kept (``EvalSet``).
@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..env import seed_everything
-from ..gptq.model import block_progress
-from ..tokens import random_windows
-from ..train import _autocast, adamw, warmup_cosine
+from ..core.env import seed_everything
+from ..lm.blocks import block_progress
+from ..lm.tokens import random_windows
+from ..lm.recipe import adamw, autocast, warmup_cosine
 from .loss import IGNORE_INDEX, distillation_loss, next_token_labels
 from .student import param_count
 
@@ -96,7 +96,7 @@ def make_eval_set(stream: torch.Tensor, seq_len: int, max_tokens: int, teacher=N
     device = next(teacher.parameters()).device
     teacher.eval()
     chunks = []
-    with _autocast(device):
+    with autocast(device):
         for i in range(0, n, batch_size):
             logits = teacher(input_ids=ids[i : i + batch_size].to(device)).logits.float()
             chunks.append(torch.log_softmax(logits, -1).half())
@@ -111,7 +111,7 @@ def evaluate(student, evalset: EvalSet, batch_size: int = 16) -> dict[str, float
     student.eval()
     ce_sum = kl_sum = 0.0
     n_ce = n_kl = 0
-    with _autocast(device):
+    with autocast(device):
         for i in range(0, evalset.ids.shape[0], batch_size):
             ids = evalset.ids[i : i + batch_size].to(device)
             logp = torch.log_softmax(student(input_ids=ids).logits.float(), -1)
@@ -195,7 +195,7 @@ def train_student(student, source: Callable[[torch.Generator], Batch], cfg: Dist
         ids, labels = ids.to(device), labels.to(device)
         for group in opt.param_groups:
             group["lr"] = warmup_cosine(step, cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr_ratio)
-        with _autocast(device):
+        with autocast(device):
             logits = student(input_ids=ids).logits
             if teacher is None:
                 loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),

@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .model import GPTQReport, find_blocks
+from ..lm.blocks import find_blocks
+from .model import GPTQReport
 from .qlinear import PACK_BITS, QuantLinear
 
 

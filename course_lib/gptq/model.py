@@ -1,6 +1,6 @@
 """GPTQ over a whole decoder-only model, block by block (the paper's "sequential" pipeline).
 
-    calib = course_lib.tokens.calibration_batches(tok, 128, 256)    # LongTensor (n, seq)
+    calib = course_lib.lm.tokens.calibration_batches(tok, 128, 256)    # LongTensor (n, seq)
     report = gptq_quantize_model(model, calib, bits=4, group_size=128)
     print_table(report.rows())
 
@@ -24,33 +24,16 @@ layer's codes, scales, zeros and g_idx for QuantLinear and save_gptq_checkpoint.
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..tokens import check_token_ids
+from ..lm.blocks import (StopForward, block_progress, check_calibration, find_blocks, first_block_inputs, run_block,
+                        to_device)
 from .core import GPTQResult, check_gptq_args, gptq_quantize_weight
 from .hessian import HessianAccumulator
-
-_ATTN = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"]
-_LLAMA = [_ATTN, ["self_attn.o_proj"], ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
-# model_type -> (path of the decoder blocks, true-sequential groups of linear layers inside a block)
-ARCHITECTURES: dict[str, tuple[str, list[list[str]]]] = {
-    "llama": ("model.layers", _LLAMA),
-    "qwen2": ("model.layers", _LLAMA),
-    "mistral": ("model.layers", _LLAMA),
-    "opt": ("model.decoder.layers", [_ATTN, ["self_attn.out_proj"], ["fc1"], ["fc2"]]),
-}
-_CACHE_KWARGS = ("past_key_values", "past_key_value", "layer_past", "use_cache")
-
-
-class _StopForward(Exception):
-    """Raised by a hook to end a forward pass early once the needed inputs are recorded."""
-
 
 @dataclass
 class GPTQReport:
@@ -78,82 +61,6 @@ class GPTQReport:
     @property
     def total_loss(self) -> float:
         return sum(d["loss"] for d in self.layers)
-
-
-def find_blocks(model: nn.Module, what: str = "GPTQ") -> tuple[str, nn.ModuleList, list[list[str]]]:
-    """(path, decoder blocks, true-sequential layer groups) of a supported model; clear errors otherwise."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    supported = ", ".join(ARCHITECTURES)
-    if model_type not in ARCHITECTURES:
-        extra = " (its projections are transformers Conv1D layers, not nn.Linear)" if model_type == "gpt2" else ""
-        raise ValueError(f"{what}: unsupported architecture {model_type!r}{extra}; supported: {supported}.")
-    path, groups = ARCHITECTURES[model_type]
-    try:
-        blocks = model.get_submodule(path)
-    except AttributeError:
-        raise ValueError(f"{what}: a {model_type!r} model should hold its decoder blocks at {path!r}, this one does "
-                         f"not; pass the *ForCausalLM model (supported: {supported}).") from None
-    for i, block in enumerate(blocks):
-        for name in sum(groups, []):
-            layer = block.get_submodule(name)
-            if type(layer) is not nn.Linear:
-                raise TypeError(f"{what}: unsupported layer type {type(layer).__name__} at {path}.{i}.{name}; "
-                                f"supported: nn.Linear (in {supported} models).")
-    return path, blocks, groups
-
-
-def check_calibration(model: nn.Module, calibration: torch.Tensor) -> None:
-    """Calibration must be a 2-D tensor (n, seq) of token ids on the model's device, seq within the context."""
-    check_token_ids(calibration)  # a tensor of integer ids, 2-D, not empty
-    device = model.get_input_embeddings().weight.device
-    if calibration.device != device:
-        raise ValueError(f"calibration is on {calibration.device} but the model's embeddings are on {device}; "
-                         f"move it with calibration.to({str(device)!r}).")
-    vocab = model.get_input_embeddings().weight.shape[0]
-    lo, hi = calibration.min().item(), calibration.max().item()
-    if lo < 0 or hi >= vocab:
-        raise ValueError(f"calibration token ids must lie in [0, {vocab}), got [{lo}, {hi}]; tokenize with the "
-                         f"model's own tokenizer.")
-    max_pos = getattr(model.config, "max_position_embeddings", None)
-    if max_pos is not None and calibration.shape[1] > max_pos:
-        raise ValueError(f"calibration seq_len {calibration.shape[1]} exceeds the model's {max_pos} positions; "
-                         f"use shorter samples.")
-
-
-def _first_block_inputs(model: nn.Module, block: nn.Module, calibration: torch.Tensor,
-                        batch_size: int) -> list[tuple[torch.Tensor, dict]]:
-    """(hidden_states, kwargs) that `block` receives, per calibration batch, captured with a pre-hook."""
-    captured: list[tuple[torch.Tensor, dict]] = []
-
-    def catch(module, args, kwargs):
-        kwargs = dict(kwargs)
-        hidden = args[0] if args else kwargs.pop("hidden_states")
-        captured.append((hidden.detach(), {k: v for k, v in kwargs.items() if k not in _CACHE_KWARGS}))
-        raise _StopForward
-
-    handle = block.register_forward_pre_hook(catch, with_kwargs=True)
-    try:
-        for i in range(0, calibration.shape[0], batch_size):
-            try:
-                model(input_ids=calibration[i:i + batch_size], use_cache=False)
-            except _StopForward:
-                pass
-    finally:
-        handle.remove()
-    return captured
-
-
-def _run_block(block: nn.Module, inputs: list[tuple[torch.Tensor, dict]],
-               cache: _FinalOutputs | None = None) -> list[torch.Tensor]:
-    """The block's output hidden states for each recorded input (a tuple output's first element)."""
-    outs = []
-    with cache.active() if cache else contextlib.nullcontext():
-        for i, (hidden, kwargs) in enumerate(inputs):
-            if cache:
-                cache.batch = i
-            out = block(hidden, **kwargs)
-            outs.append(out[0] if isinstance(out, tuple) else out)
-    return outs
 
 
 class _FinalOutputs:
@@ -230,7 +137,7 @@ def _group_hessians(block: nn.Module, names: list[str], inputs: list[tuple[torch
                 raise RuntimeError(f"{what}: layer {name} changed which layer's input it shares between batches.")
             seen.append((x, name))
             if len(seen) == len(needed):
-                raise _StopForward
+                raise StopForward
         return pre_hook
 
     handles = [block.get_submodule(n).register_forward_pre_hook(make_hook(n)) for n in names]
@@ -242,7 +149,7 @@ def _group_hessians(block: nn.Module, names: list[str], inputs: list[tuple[torch
                 seen.clear()
                 try:
                     block(hidden, **kwargs)
-                except _StopForward:
+                except StopForward:
                     pass
                 needed = set(owner.values())     # after the first batch: one layer per distinct input
     finally:
@@ -290,12 +197,12 @@ def sequential_layers(model: nn.Module, calibration: torch.Tensor, groups: list[
     was_training = model.training
     model.eval()
     try:
-        inputs = _first_block_inputs(model, blocks[0], calibration, batch_size)
+        inputs = first_block_inputs(model, blocks[0], calibration, batch_size)
         for i, block in enumerate(block_progress(blocks, desc, progress)):
             home = next(block.parameters()).device
             if device is not None:
                 block.to(device)
-                inputs = [(h.to(device), _to(kw, device)) for h, kw in inputs]
+                inputs = [(h.to(device), to_device(kw, device)) for h, kw in inputs]
             cache = _FinalOutputs(block, sum(groups, []), len(inputs)) if reuse_outputs else None
             for names in groups:
                 hessians = _group_hessians(block, names, inputs, cache, what)
@@ -303,7 +210,7 @@ def sequential_layers(model: nn.Module, calibration: torch.Tensor, groups: list[
                     yield LayerJob(f"{path}.{i}.{name}", block.get_submodule(name), hessians.pop(name), home)
                 if cache:
                     cache.quantized(names)
-            outputs = _run_block(block, inputs, cache)  # the modified block's outputs feed the next block
+            outputs = run_block(block, inputs, cache)  # the modified block's outputs feed the next block
             inputs = [(h, kw) for h, (_, kw) in zip(outputs, inputs)]
             if device is not None:
                 block.to(home)
@@ -356,22 +263,3 @@ def gptq_quantize_model(model: nn.Module, calibration: torch.Tensor, bits: int =
                               "damp": res.damp, "seconds": time.perf_counter() - t})
     report.seconds = time.perf_counter() - t0
     return report
-
-
-def block_progress(blocks, desc: str, progress: bool):
-    """The blocks, wrapped in a tqdm bar on stderr unless progress is False or TQDM_DISABLE is set."""
-    from tqdm import tqdm
-
-    quiet = not progress or os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
-    return tqdm(blocks, desc=desc, file=sys.stderr, disable=quiet)
-
-
-def _to(obj, device):
-    """Move the tensors in a (nested) kwargs structure to `device`."""
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_to(v, device) for v in obj)
-    return obj

@@ -4,7 +4,7 @@
     X = layer_inputs(model, "model.layers.0.mlp.down_proj", calib)    # (tokens, in_features)
     walk = gptq_walk(W, hessian(X), bits=3)         # column by column, recording the error
     blocksize_sweep / damp_sweep / act_order_rows   # one measurement per GPTQ knob
-    quantize_grid(model, tok, calib, configs)       # FP / RTN / GPTQ over a whole model
+    quantize_grid(model, tok, calib, configs)       # FP / RTN / GPTQ (and AWQ, via awq.teach) over a whole model
 
 The objective throughout: for a linear layer y = W x and calibration inputs x_t (rows of X),
     E(Q) = (1/n) sum_t ||(Q - W) x_t||^2 = 1/2 tr(D H D^T),   D = Q - W,   H = 2/n X^T X.
@@ -18,11 +18,12 @@ import contextlib
 import copy
 import io
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
-from ..env import quiet_loggers
+from ..core.env import quiet_loggers
 from ..quant.affine import compute_scale_zero, qrange, quantize_blocks
 from .core import gptq_quantize_weight
 
@@ -252,8 +253,8 @@ def act_order_rows(model, layer_names, calibration: torch.Tensor, held_out: torc
 def calibration_sets(tokenizer, n_samples: int, seq_len: int, *, seed: int = 0) -> dict[str, torch.Tensor]:
     """Calibration windows from three sources, each (n_samples, seq_len) token ids:
     the calibration split (a Shakespeare play), Milton's Paradise Lost (train split), uniform random tokens."""
-    from ..corpus import list_documents
-    from ..tokens import calibration_batches
+    from ..lm.corpus import list_documents
+    from ..lm.tokens import calibration_batches
 
     gen = torch.Generator().manual_seed(seed)
     milton = dict(list_documents("train"))["Paradise Lost"]
@@ -264,28 +265,44 @@ def calibration_sets(tokenizer, n_samples: int, seq_len: int, *, seed: int = 0) 
             "random tokens": torch.randint(0, len(tokenizer), (n_samples, seq_len), generator=gen)}
 
 
+@dataclass(frozen=True)
+class GridMethod:
+    """A quantization method that quantize_grid can run besides RTN and GPTQ (awq.teach adds AWQ).
+
+    quantize(model, calibration, cfg) quantizes the model in place and returns its report; calibration is
+    on the model's device. symmetric: the grid when a config doesn't say (AWQ's usual grid has a zero point).
+    """
+
+    quantize: Callable
+    symmetric: bool = True
+
+
 def quantize_grid(model, tokenizer, calibration: torch.Tensor, configs, *, protocol=None,
                   lm_eval: bool = False, lm_eval_limit: int | None = None, lm_eval_tasks=("course_nextline",),
-                  keep: dict | None = None) -> list[dict]:
-    """Score each config on a fresh copy of `model`. A config: {"method": "FP" | "RTN" | "GPTQ" | "AWQ", "bits",
-    "group_size" (None = per-channel), "act_order", "symmetric" (default True; AWQ's default is False),
-    "restricted" (RTN and GPTQ, symmetric only: the restricted grid [-(2^(b-1)-1), 2^(b-1)-1] instead of GPTQ's
-    [-2^(b-1), 2^(b-1)-1]; default False), "clip" and "duo" (AWQ only, default True and False), "lm_eval" (default
-    True)}. Rows: the config, the grid's name (course_lib.quant.grid_name), perplexity, quantization seconds, and
-    with lm_eval=True the lm-eval metrics (lm_eval_tasks.evaluate) on the first lm_eval_limit items of each task
-    (None: all of them).
-    keep: a dict that receives {row index: (quantized model, GPTQReport or RTNReport or None)}."""
-    from ..perplexity import FAST, perplexity
+                  keep: dict | None = None, methods: dict[str, GridMethod] | None = None) -> list[dict]:
+    """Score each config on a fresh copy of `model`. A config: {"method": "FP" | "RTN" | "GPTQ" | a name of
+    `methods`, "bits", "group_size" (None = per-channel), "act_order", "symmetric" (default True, or the
+    method's own default), "restricted" (RTN and GPTQ, symmetric only: the restricted grid
+    [-(2^(b-1)-1), 2^(b-1)-1] instead of GPTQ's [-2^(b-1), 2^(b-1)-1]; default False), "lm_eval" (default
+    True), and whatever keys the extra method reads}. Rows: the config, the grid's name
+    (course_lib.quant.grid_name), perplexity, quantization seconds, and with lm_eval=True the lm-eval
+    metrics (lm.eval_tasks.evaluate) on the first lm_eval_limit items of each task (None: all of them).
+    keep: a dict that receives {row index: (quantized model, the method's report or None)}.
+    methods: extra methods by name, e.g. awq.teach's {"AWQ": AWQ_METHOD} (awq.teach.quantize_grid passes it)."""
+    from ..lm.perplexity import FAST, perplexity
     from ..quant.affine import grid_name
     from ..quant.rtn import quantize_model_rtn
 
+    methods = methods or {}
+    known = ("FP", "RTN", "GPTQ", *methods)
     rows = []
     for cfg in configs:
         method, bits, g, ao = cfg["method"], cfg.get("bits"), cfg.get("group_size"), cfg.get("act_order", False)
-        sym = cfg.get("symmetric", method != "AWQ")
+        if method not in known:
+            raise ValueError(f"method must be one of {', '.join(map(repr, known))}, got {method!r}"
+                             + (" (AWQ: use course_lib.awq.teach.quantize_grid)." if method == "AWQ" else "."))
+        sym = cfg.get("symmetric", methods[method].symmetric if method in methods else True)
         restricted = bool(cfg.get("restricted", False))
-        if method not in ("FP", "RTN", "GPTQ", "AWQ"):
-            raise ValueError(f"method must be 'FP', 'RTN', 'GPTQ' or 'AWQ', got {method!r}.")
         if restricted and (method not in ("RTN", "GPTQ") or not sym):
             raise ValueError(f"'restricted' is a symmetric grid for RTN and GPTQ; got it with {method} "
                              f"(symmetric={sym}). Leave it out, or use method 'RTN'/'GPTQ' with symmetric=True.")
@@ -300,19 +317,16 @@ def quantize_grid(model, tokenizer, calibration: torch.Tensor, configs, *, proto
 
             report = gptq_quantize_model(m, calibration.to(device), bits, group_size=g, symmetric=sym, act_order=ao,
                                          restricted=restricted, progress=False)
-        elif method == "AWQ":
-            from ..awq import awq_quantize_model
-
-            report = awq_quantize_model(m, calibration.to(device), bits, group_size=g, symmetric=sym,
-                                        clip=cfg.get("clip", True), duo=cfg.get("duo", False), progress=False)
+        elif method in methods:
+            report = methods[method].quantize(m, calibration.to(device), {**cfg, "symmetric": sym})
         seconds = time.perf_counter() - t
         row = {"method": method, "bits": bits or 32, "group": f"g{g}" if g else ("channel" if bits else "-"),
                "act-order": ("on" if ao else "off") if method == "GPTQ" else "-",
                "grid": "-" if method == "FP" else grid_name(bits, sym, restricted=restricted,
-                                                            gptq_grid=method != "AWQ" and not restricted),
+                                                            gptq_grid=method in ("RTN", "GPTQ") and not restricted),
                "perplexity": perplexity(m, tokenizer, protocol or FAST).ppl, "seconds": seconds}
         if lm_eval and cfg.get("lm_eval", True):
-            from ..lm_eval_tasks import evaluate
+            from ..lm.eval_tasks import evaluate
 
             with _quiet_stderr("lm_eval"):
                 row.update(evaluate(m, tokenizer, tasks=lm_eval_tasks, limit=lm_eval_limit))
@@ -325,7 +339,7 @@ def quantize_grid(model, tokenizer, calibration: torch.Tensor, configs, *, proto
 def lm_eval_scores(models: dict, tokenizer, *, tasks=("course_nextline",), limit: int | None = None) -> dict:
     """{label: lm_eval_tasks.evaluate(model, ...)} for each model, with lm-eval's progress bars and log lines
     silenced: the headline metrics of the course tasks on the first `limit` items (None: all)."""
-    from ..lm_eval_tasks import evaluate
+    from ..lm.eval_tasks import evaluate
 
     with _quiet_stderr("lm_eval"):
         return {label: evaluate(m, tokenizer, tasks=tasks, limit=limit) for label, m in models.items()}

@@ -24,10 +24,10 @@ import math
 import torch
 from torch.nn import functional as F
 
-from ..bench import device_slug, median_time
-from ..env import require_cuda
+from ..core.timing import device_slug, median_time
+from ..core.env import require_cuda
 from ..gptq.qlinear import QuantLinear
-from ..results import save_result
+from ..core.results import save_result
 
 # (name, in_features k, out_features n) of one Llama-3-8B decoder layer (GQA: 8 KV heads of 128)
 LLAMA3_8B_LINEARS = (

@@ -21,7 +21,15 @@ import math
 import torch
 from torch import nn
 
-from ..attention.reference import visible
+
+# ----------------------------------------------------------------------------- the causal mask
+def visible(q_len: int, k_len: int, causal: bool, device=None) -> torch.Tensor:
+    """Bool (q_len, k_len): may query i see key j? Causal masks align bottom-right (query i is token
+    k_len - q_len + i), so with q_len > k_len the first rows see nothing."""
+    if not causal:
+        return torch.ones(q_len, k_len, dtype=torch.bool, device=device)
+    i = torch.arange(q_len, device=device)[:, None]
+    return torch.arange(k_len, device=device)[None, :] <= i + (k_len - q_len)
 
 
 # ----------------------------------------------------------------------------- RoPE

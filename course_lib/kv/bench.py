@@ -288,9 +288,9 @@ def record_kv_decode(name: str | None = None, *, device: str = "cuda", threads: 
     """Record decode step times: the bundled model eagerly on the CPU ("course-model", the default there),
     Llama-3.2-1B's shapes as CUDA graphs on a GPU ("llama-1b-shape", the default there), or a tiny
     random model through the GPU benchmark's code at toy sizes ("tiny", a smoke test on either device)."""
-    from ..env import require_cuda
-    from ..models import tiny_model
-    from ..results import save_result
+    from ..core.env import require_cuda
+    from ..lm.models import tiny_model
+    from ..core.results import save_result
 
     model = model or ("llama-1b-shape" if device == "cuda" else "course-model")
     if model not in ("course-model", "llama-1b-shape", "tiny") or device not in ("cpu", "cuda"):
@@ -304,7 +304,7 @@ def record_kv_decode(name: str | None = None, *, device: str = "cuda", threads: 
     if threads:
         torch.set_num_threads(threads)
     if device == "cuda":
-        from ..bench import device_slug
+        from ..core.timing import device_slug
 
         prefix = device_slug()
     else:
@@ -332,7 +332,7 @@ def record_kv_decode(name: str | None = None, *, device: str = "cuda", threads: 
                "kv_bytes_per_token": kv_bytes(decoder.config, 1, 1, "model"), "contexts": list(contexts),
                "attention": "torch SDPA, flash backend on CUDA (enable_gqa), see each row's sdpa"}
     if device == "cuda":
-        from ..bench import copy_bandwidth_gbps
+        from ..core.timing import copy_bandwidth_gbps
 
         summary["copy_gbps"] = copy_bandwidth_gbps(torch.device("cuda"), nbytes=1 << 30)
     rows: list[dict] = []
@@ -350,8 +350,8 @@ def record_kv_decode(name: str | None = None, *, device: str = "cuda", threads: 
 
 def _record_cpu_eager(name: str, command: str) -> None:
     """The CPU recording: the bundled model, eager per-step generation, median of 3 runs per step."""
-    from ..models import load_model
-    from ..results import save_result
+    from ..lm.models import load_model
+    from ..core.results import save_result
 
     small, _ = load_model(device="cpu", dtype=torch.float32)
     t0 = time.perf_counter()

@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import json
 
-from ..env import REPO_ROOT
+from ..core.env import REPO_ROOT
 
 CONFIG_DIR = REPO_ROOT / "data" / "model_configs"
 KIB = 1024

@@ -38,7 +38,7 @@ def quality_rows(decoder, input_ids: torch.Tensor, schemes: list[KVQuant], *, he
 
 def quality_plot(rows: list[dict], ax=None):
     """Bits stored per cached number against the KL to the float cache (log scale), one point per scheme."""
-    from ..plotting import new_axes
+    from ..core.plotting import new_axes
 
     if ax is None:
         _, ax = new_axes()
@@ -54,7 +54,7 @@ def quality_plot(rows: list[dict], ax=None):
 def decode_time_plot(rows: list[dict], title: str, ax=None):
     """Milliseconds per decode step against the position written (CPU recording) or the tokens already
     cached (``context``, GPU recording), one line per mode."""
-    from ..plotting import new_axes
+    from ..core.plotting import new_axes
 
     if ax is None:
         _, ax = new_axes()
@@ -71,7 +71,7 @@ def decode_time_plot(rows: list[dict], title: str, ax=None):
 
 def serving_plot(results: dict, labels: dict, ax_pair=None):
     """Left: running sequences per step; right: KV slots holding tokens / slots held, per policy."""
-    from ..plotting import new_axes
+    from ..core.plotting import new_axes
 
     if ax_pair is None:
         _, ax_pair = new_axes(ncols=2)

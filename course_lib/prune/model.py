@@ -1,6 +1,6 @@
 """Prune every linear layer of a decoder-only model: magnitude, Wanda or SparseGPT, unstructured or N:M.
 
-    calib = course_lib.tokens.calibration_batches(tok, 128, 256)
+    calib = course_lib.lm.tokens.calibration_batches(tok, 128, 256)
     report = prune_model(model, calib, "sparsegpt", sparsity=0.5)       # or "wanda", "magnitude"
     report = prune_model(model, calib, "wanda", nm="2:4")
     report = prune_model(model, None, "magnitude", sparsity=0.5)         # no calibration needed
@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..gptq.model import check_calibration, layer_groups, sequential_layers
+from ..gptq.model import layer_groups, sequential_layers
+from ..lm.blocks import check_calibration
 from .sparsegpt import sparsegpt_prune_weight
 from .unstructured import check_nm_fits, check_sparsity, magnitude_mask, parse_nm, sparsity_of, wanda_mask
 
@@ -85,7 +86,7 @@ def prune_model(model: nn.Module, calibration: torch.Tensor | None, method: str 
     if method != "magnitude":
         if calibration is None:
             raise ValueError(f"{method} needs calibration token ids: pass "
-                             f"course_lib.tokens.calibration_batches(tok, n, seq_len).")
+                             f"course_lib.lm.tokens.calibration_batches(tok, n, seq_len).")
         check_calibration(model, calibration)
 
     report = PruneReport(method=method, sparsity=sparsity, nm=nm)

@@ -4,7 +4,7 @@
     result = recover(model, tok, steps=50, lr=1e-3, batch_size=4, seq_len=128, lora_rank=8)
     result.losses     # training loss per step
 
-It reuses the course's training recipe (``course_lib.train``): random windows of the train split,
+It reuses the course's training recipe (``course_lib.pipeline.train``): random windows of the train split,
 AdamW with betas (0.9, 0.95), linear warm-up then cosine decay (``warmup_cosine``), gradient
 clipping at 1.0, the model in train mode (the course model trains with attention dropout).
 
@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..env import seed_everything
-from ..tokens import random_windows, token_stream
-from ..train import _autocast, adamw, evaluate_loss, warmup_cosine
+from ..core.env import seed_everything
+from ..lm.tokens import random_windows, token_stream
+from ..lm.recipe import adamw, autocast, evaluate_loss, warmup_cosine
 from .structured import decoder_layers
 
 
@@ -134,7 +134,7 @@ def recover(model, tokenizer, *, steps: int = 100, lr: float | None = None, batc
             batch = random_windows(train_ids, batch_size, seq_len, gen).to(device)
             for group in opt.param_groups:
                 group["lr"] = warmup_cosine(step, lr, warmup, steps, min_lr_ratio=0.1)
-            with _autocast(device):
+            with autocast(device):
                 loss = model(input_ids=batch, labels=batch).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()

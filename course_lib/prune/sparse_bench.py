@@ -128,7 +128,7 @@ def cpu_sparse_matmul(*, out_features: int = 2048, in_features: int = 2048, toke
 
 def require_sparse24_gpu(what: str = "The 2:4 sparse benchmark") -> None:
     """Raise a clear error unless CUDA is here with compute capability >= 8.0 (2:4 sparse tensor cores)."""
-    from ..env import DeviceUnavailableError
+    from ..core.env import DeviceUnavailableError
 
     if not torch.cuda.is_available():
         raise DeviceUnavailableError(
@@ -238,7 +238,7 @@ def linear_rows(*, shapes=LLAMA_SHAPES, tokens=GPU_TOKENS, dtypes=(torch.float16
     device: "cuda" (the benchmark), or "cpu" to try the dense and CSR formats on small shapes.
     verbose: print each row as it is measured.
     """
-    from ..bench import median_time
+    from ..core.timing import median_time
 
     device = torch.device(device)
     wants_2_4 = any(f not in T4_FORMATS for f in formats)
@@ -310,7 +310,7 @@ def mlp_rows(*, shapes=MLP_SHAPES, tokens=MLP_TOKENS, dtype=torch.float16, backe
     kernel_ms as in linear_rows); the block's weights (270-350 MB) dwarf L2. device="cpu" with
     backends=() runs the dense block only (for tests).
     """
-    from ..bench import median_time
+    from ..core.timing import median_time
 
     device = torch.device(device)
     if device.type == "cuda" or backends:
@@ -366,8 +366,8 @@ def speedup_table(rows: list[dict], fmt: str = "2:4 cuSPARSELt", dtype: str = "f
 
 def record_sparse24(name: str | None = None) -> None:
     """Run linear_rows and mlp_rows on this GPU and save data/results/<gpu>_sparse24.json."""
-    from ..bench import device_slug
-    from ..results import save_result
+    from ..core.timing import device_slug
+    from ..core.results import save_result
 
     require_sparse24_gpu()
     name = name or f"{device_slug()}_sparse24"

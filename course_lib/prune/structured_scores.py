@@ -23,7 +23,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from ..tokens import check_token_ids
+from ..lm.tokens import check_token_ids
 from .structured import attention_shape, decoder_layers, params_per_channel, params_per_kv_group, params_per_query_head
 
 HEAD_METHODS = ("taylor", "magnitude", "attention_mass")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..tokens import check_token_ids
+from ..lm.tokens import check_token_ids
 from .structured import (MODES, attention_shape, block_params, count_params, decoder_layers, prune_heads,
                          prune_mlp_channels)
 from .structured_scores import (HEAD_METHODS, MLP_METHODS, additive, element_maps,

@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from ..env import REPO_ROOT
+from ..core.env import REPO_ROOT
 from ..gptq.teach import _quiet_stderr, hessian, layer_inputs
-from ..perplexity import FAST, Protocol, perplexity
+from ..lm.perplexity import FAST, Protocol, perplexity
 from .model import METHODS, prune_model
 from .sparsegpt import sparsegpt_prune_weight
 from .unstructured import magnitude_mask, wanda_mask
@@ -117,7 +117,7 @@ def published_vs_ours(rows: list[dict], dense_ppl: float, published: dict | None
 
 def nextline_rows(variants: dict, tokenizer, limit: int | None = None) -> list[dict]:
     """lm-eval's course_nextline accuracy of each model in `variants` ({label: model}), progress bars silenced."""
-    from ..lm_eval_tasks import evaluate
+    from ..lm.eval_tasks import evaluate
 
     rows = []
     for label, model in variants.items():
@@ -140,9 +140,9 @@ def bits_per_weight(value_bits: int, pattern: str | None = None, *, group_size: 
 
 def record_sweep(name: str | None = None, threads: int = 1) -> None:
     """Run the CPU_SWEEP on the bundled model (fp32, CPU, `threads` threads) and save it in data/results/."""
-    from ..models import load_model
-    from ..results import save_result
-    from ..tokens import calibration_batches
+    from ..lm.models import load_model
+    from ..core.results import save_result
+    from ..lm.tokens import calibration_batches
 
     torch.set_num_threads(threads)
     model, tok = load_model(device="cpu")
@@ -201,7 +201,7 @@ def sparse24_mlp_rows(mlp: list[dict]) -> list[dict]:
 
 def plot_sparse24(axes, rows: list[dict], mlp: list[dict], dtype: str = "float16") -> None:
     """Left: one linear layer, median over the shapes (band: min to max). Right: a whole MLP block, 2:4."""
-    from ..plotting import PALETTE
+    from ..core.plotting import PALETTE
 
     ax = axes[0]
     for k, (fmt, column, label) in enumerate(SPARSE24_SERIES):

@@ -42,7 +42,7 @@ pipelines/sequential/), next to the course's own course_lib.prune:
   needed; it logs "No accelerator available! Compressing model on CPU instead" (captured here).
 
 Library output (loguru lines, progress bars, warnings) goes to ``ToolRun.log``, as in
-course_lib.gptq_tools, whose ToolRun and quiet/require helpers this module reuses.
+course_lib.gptq.tools, whose ToolRun and quiet/require helpers this module reuses.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..gptq_tools import ToolRun, _check_dirs, _quiet, check_tool_calibration, llmcompressor_dataset
+from ..gptq.tools import ToolRun, _check_dirs, _quiet, check_tool_calibration, llmcompressor_dataset
 
 __all__ = ["METHODS", "MASK_STRUCTURES", "prune_with_llmcompressor", "sparsity_report"]
 
@@ -119,7 +119,7 @@ def prune_with_llmcompressor(model_dir, calibration, *, method: str = "sparsegpt
     sparsity: fraction of each layer's weights set to zero, in [0, 1); with an N:M mask_structure
       it must equal N/M. mask_structure: "0:0" (unstructured), "2:4" or "4:8" (N zeros in every M
       consecutive inputs of each row). block_size, dampening_frac: SparseGPT only.
-    dtype: the dtype the model is loaded and pruned in (float32, as course_lib.models.load_model on CPU).
+    dtype: the dtype the model is loaded and pruned in (float32, as course_lib.lm.models.load_model on CPU).
     out_dir: if given, the pruned model is also saved there (dense float tensors, zeros included).
     Returns (model, ToolRun): the pruned model in eval mode, and the run's time (load + calibrate +
     prune, the library import excluded), settings and captured log.
@@ -134,7 +134,7 @@ def prune_with_llmcompressor(model_dir, calibration, *, method: str = "sparsegpt
         model_dir = Path(model_dir)
         if not (model_dir / "config.json").exists():
             raise ValueError(f"{model_dir} is not a saved Hugging Face model (no config.json); give a local "
-                             "directory, e.g. course_lib.models.BUNDLED_DIR.")
+                             "directory, e.g. course_lib.lm.models.BUNDLED_DIR.")
     calibration = check_tool_calibration(calibration)
     settings = dict(method=method, sparsity=float(sparsity), mask_structure=mask_structure,
                     n_samples=calibration.shape[0], seq_len=calibration.shape[1], dtype=str(dtype).replace("torch.", ""))

@@ -70,11 +70,11 @@ def activation_stats(model: nn.Module, batches: torch.Tensor, *, batch_size: int
                      skip: tuple[str, ...] = ("lm_head",)) -> dict[str, ActStats]:
     """Run `batches` (LongTensor (n, seq_len) of token ids) through `model` with a forward pre-hook on
     every linear layer; return each layer's input statistics, by name, in the model's order."""
-    from ..models import linear_layers
+    from ..lm.models import linear_layers
 
     if not isinstance(batches, torch.Tensor) or batches.dim() != 2 or batches.is_floating_point():
         raise TypeError("batches must be a LongTensor (n_samples, seq_len) of token ids, e.g. "
-                        "course_lib.tokens.calibration_batches(tokenizer, 8, 256).")
+                        "course_lib.lm.tokens.calibration_batches(tokenizer, 8, 256).")
     layers = linear_layers(model, skip=skip)
     stats = {name: ActStats() for name in layers}
 
@@ -105,7 +105,7 @@ def weight_ratios(w: torch.Tensor) -> dict[str, float]:
 
 def range_rows(stats: dict[str, ActStats], model: nn.Module) -> list[dict]:
     """One row per layer: activation abs-max, median, max/median and channel ratio next to the weight's."""
-    from ..models import linear_layers, weight_matrix
+    from ..lm.models import linear_layers, weight_matrix
 
     layers = linear_layers(model, skip=())
     rows = []

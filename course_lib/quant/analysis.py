@@ -38,7 +38,7 @@ def _as_weights(weights: Weights | torch.Tensor) -> dict[str, torch.Tensor]:
 
 def model_weights(model, *, skip: tuple[str, ...] = ("lm_head",)) -> dict[str, torch.Tensor]:
     """Every linear layer's weight as a detached float32 (out, in) matrix, by name."""
-    from ..models import linear_layers, weight_matrix
+    from ..lm.models import linear_layers, weight_matrix
 
     return {n: weight_matrix(m).detach().float() for n, m in linear_layers(model, skip=skip).items()}
 
@@ -187,7 +187,7 @@ def rtn_sweep(model, tokenizer, configs: Sequence[Mapping], protocol=None, *, st
     bits, granularity, group_size, symmetric...). The model itself is left unchanged. Each row names its
     grid (``grid_name``: the default is the restricted symmetric grid).
     `stream` (a 1-D LongTensor) replaces the protocol split's tokens, as in ``perplexity``."""
-    from ..perplexity import FAST, perplexity
+    from ..lm.perplexity import FAST, perplexity
     from .affine import grid_name
     from .rtn import quantize_model_rtn
 

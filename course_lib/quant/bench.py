@@ -20,9 +20,9 @@ def control_rows(lrs=(5e-4, 1e-4, 3e-5, 1e-5), *, steps: int = 32, bits: int = 2
     "control loss last 5"}, plus the float model's perplexity in every row ("float ppl")."""
     import torch
 
-    from .. import models
-    from ..perplexity import perplexity
-    from ..tokens import token_stream
+    from ..lm import models
+    from ..lm.perplexity import perplexity
+    from ..lm.tokens import token_stream
     from .qat import QATConfig, qat_finetune
     from .rtn import quantize_model_rtn
 
@@ -50,7 +50,7 @@ def record_control_sweep(name: str | None = None, *, lrs=(5e-4, 1e-4, 3e-5, 1e-5
     """Run control_rows on CPU and save them as data/results/<name>.json."""
     import torch
 
-    from ..results import save_result
+    from ..core.results import save_result
 
     torch.set_num_threads(threads)
     name = name or "cpu_qat_control"

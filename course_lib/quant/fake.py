@@ -114,7 +114,7 @@ def attach_fake_quant(model: nn.Module, bits: int, *, symmetric: bool = True, gr
     (sharing its Parameters). Returns the names replaced. All layers are checked before any is replaced."""
     from transformers.pytorch_utils import Conv1D
 
-    from ..models import linear_layers
+    from ..lm.models import linear_layers
 
     layers = {n: m for n, m in linear_layers(model, skip=skip).items() if not isinstance(m, FakeQuantLinear)}
     for name, m in layers.items():

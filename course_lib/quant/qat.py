@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..models import linear_layers
-from ..tokens import random_windows
-from ..train import warmup_cosine
+from ..lm.models import linear_layers
+from ..lm.tokens import random_windows
+from ..lm.recipe import warmup_cosine
 from .fake import attach_fake_quant, detach_fake_quant
 
 

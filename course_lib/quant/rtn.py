@@ -54,7 +54,7 @@ def quantize_model_rtn(model: nn.Module, bits: int, *, symmetric: bool = True, g
     """Fake-quantize (RTN) the weight of every linear layer (nn.Linear and GPT-2 Conv1D) whose name
     does not end in `skip`. With inplace=False the model is deep-copied first. Biases, embeddings and
     norms are left in float. All layers are checked before any weight is changed."""
-    from ..models import linear_layers, weight_matrix
+    from ..lm.models import linear_layers, weight_matrix
 
     if not inplace:
         model = copy.deepcopy(model)

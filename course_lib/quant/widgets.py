@@ -70,7 +70,7 @@ def error_histogram(w: torch.Tensor, bits: int, group_size: int | None = 128, *,
 
 def plot_error_histogram(h: ErrorHistogram, ax=None, *, title: str | None = None):
     """Bar plot of an ErrorHistogram with the +-s/2 bound marked; returns the axes."""
-    from ..plotting import PALETTE, new_axes
+    from ..core.plotting import PALETTE, new_axes
 
     if ax is None:
         _, ax = new_axes()
@@ -95,7 +95,7 @@ def histogram_png(h: ErrorHistogram, title: str | None = None) -> bytes:
 
     from matplotlib.figure import Figure
 
-    from ..plotting import STYLE, use_style
+    from ..core.plotting import STYLE, use_style
 
     use_style()
     fig = Figure(figsize=STYLE["figure.figsize"])
@@ -114,7 +114,7 @@ def error_histogram_widget(model_or_weights, *, bits: int = 4, group_size: int |
     Display it as the last expression of a cell (live kernels only: widgets don't render in static views)."""
     import ipywidgets as widgets
 
-    from ..tables import fmt
+    from ..core.tables import fmt
     from .analysis import model_weights
 
     weights = model_weights(model_or_weights) if isinstance(model_or_weights, torch.nn.Module) else dict(model_or_weights)

@@ -1,5 +1,5 @@
 """Loader of the course's lm-eval tasks (hand-written; the data beside it comes from
-``python -m course_lib.lm_eval_tasks build``).
+``python -m course_lib.lm.eval_tasks build``).
 
 The task YAMLs name ``load`` as their ``custom_dataset``; lm-eval imports this file from the
 YAMLs' directory and calls ``load(**metadata, **dataset_kwargs)``. The ``data_files`` paths are
@@ -21,7 +21,7 @@ def load(data_files=None, **_metadata):
     for split, name in (data_files or {}).items():
         path = HERE / name
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing; create it with: python -m course_lib.lm_eval_tasks build")
+            raise FileNotFoundError(f"{path} is missing; create it with: python -m course_lib.lm.eval_tasks build")
         with path.open(encoding="utf-8") as f:
             rows = [json.loads(line) for line in f if line.strip()]
         splits[split] = datasets.Dataset.from_list(rows)

@@ -11,8 +11,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .formats import CodebookFormat, FloatFormat, Format, IntFormat, get_format
-from .tables import fmt as _fmt
+from . import CodebookFormat, FloatFormat, Format, IntFormat, get_format
+from ..core.tables import fmt as _fmt
 
 EXPLORER_FORMATS = ("fp8_e4m3fn", "fp8_e5m2", "fp8_e4m3fnuz", "fp8_e5m2fnuz", "fp4_e2m1", "fp16", "bf16", "fp32",
                     "int8", "int4", "nf4")

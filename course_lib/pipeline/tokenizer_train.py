@@ -1,6 +1,6 @@
 """Train the byte-level BPE tokenizer of the course model on the train split of the corpus.
 
-    python -m course_lib.tokenizer_train --out data/course-model [--vocab-size 4096]
+    python -m course_lib.pipeline.tokenizer_train --out data/course-model [--vocab-size 4096]
 
 Writes ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json`` so that
 ``transformers.AutoTokenizer.from_pretrained(out)`` loads it as a fast tokenizer, then checks the
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from course_lib.corpus import DATA_DIR, SPLITS, list_documents
+from course_lib.lm.corpus import DATA_DIR, SPLITS, list_documents
 
 MODEL_DIR = DATA_DIR / "course-model"
 DEFAULT_VOCAB_SIZE = 4096
@@ -118,7 +118,7 @@ def check_tokenizer(out: Path, corpus_dir: Path | None = None) -> dict[str, dict
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m course_lib.tokenizer_train", description="Train the course tokenizer."
+        prog="python -m course_lib.pipeline.tokenizer_train", description="Train the course tokenizer."
     )
     parser.add_argument("--out", type=Path, default=MODEL_DIR, help="output folder (default data/course-model)")
     parser.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE, help="a multiple of 128 (default 4096)")

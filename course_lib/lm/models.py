@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .env import REPO_ROOT
+from ..core.env import REPO_ROOT
 
 BUNDLED_DIR = REPO_ROOT / "data" / "course-model"
 BUNDLED_NAME = "course-model"
@@ -98,7 +98,7 @@ def load_model(name: str | None = None, *, device=None, dtype=None):
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from .env import choose_device
+    from ..core.env import choose_device
 
     source = model_source(name)
     config = _load(AutoConfig, source)

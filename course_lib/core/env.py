@@ -5,7 +5,7 @@ Every environment variable the course or its libraries read is set here, in one 
 * ``LIBRARY_ENV`` is applied (without overriding the user) when ``course_lib`` is imported, so it
   reaches transformers, huggingface_hub, gptqmodel and tokenizers before they are imported.
 * ``CANONICAL_ENV`` is the pinned environment of the canonical notebook run (see
-  ``course_lib.canonical``): one thread, fixed hash seed, no visible GPU, no progress bars.
+  ``course_lib.core.canonical``): one thread, fixed hash seed, no visible GPU, no progress bars.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # <repo>: course_lib/core/env.py
 
 # Settings the course reads itself.
 COURSE_SETTINGS = {
@@ -223,7 +223,7 @@ class CourseEnv:
     """What `setup()` decided: pass it around instead of re-deciding in every cell."""
 
     device: "object"  # torch.device
-    profile: "object"  # course_lib.profile.Profile
+    profile: "object"  # course_lib.core.profile.Profile
     seed: int
     threads: int
     canonical: bool
@@ -288,11 +288,18 @@ def device_description(device) -> str:
     return device.type
 
 
+def course_lib_version() -> str:
+    """The installed course_lib's version; "0+unknown" in a source tree that was never installed."""
+    try:
+        return metadata.version("course_lib")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
 def environment_report(env: CourseEnv) -> str:
     """A few lines that tell an instructor what this kernel is running on."""
     import torch
 
-    from . import __version__
 
     def v(name: str) -> str:
         try:
@@ -301,7 +308,7 @@ def environment_report(env: CourseEnv) -> str:
             return "not installed"
 
     lines = [
-        f"course_lib   {__version__}",
+        f"course_lib   {course_lib_version()}",
         f"python       {platform.python_version()} ({Path(sys.executable).parent.parent.name})",
         f"torch        {torch.__version__}" + (f", CUDA {torch.version.cuda}" if torch.version.cuda else ""),
         f"transformers {v('transformers')}",

@@ -12,17 +12,17 @@
   words, familiar rhythm); the third measures what the context adds, i.e. whether the model
   follows the speech. For the small bundled model acc is near chance and acc_mutual_info is not.
 
-Both use the **test** split: it is what the course reports perplexity on (``course_lib.perplexity``),
+Both use the **test** split: it is what the course reports perplexity on (``course_lib.lm.perplexity``),
 nothing is tuned on it, and the validation split stays free for choosing settings. The train and
 calibration splits are never read. Both tasks carry the tag ``course``.
 
 Building (run once, result committed under ``data/lm_eval/``; byte-identical when run twice)::
 
-    python -m course_lib.lm_eval_tasks build [--out data/lm_eval]
+    python -m course_lib.lm.eval_tasks build [--out data/lm_eval]
 
 Using::
 
-    from course_lib.lm_eval_tasks import evaluate, cli_command
+    from course_lib.lm.eval_tasks import evaluate, cli_command
     scores = evaluate(model, tokenizer)        # {"word_perplexity": ..., "acc": ..., ...}
     print(cli_command())                       # the same run with the lm_eval command line
 
@@ -48,7 +48,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .env import REPO_ROOT
+from ..core.env import REPO_ROOT
 
 TASK_DIR = REPO_ROOT / "data" / "lm_eval"  # the --include_path
 PPL_TASK = "course_ppl"
@@ -84,7 +84,7 @@ HEADLINE = {
 CHANCE = {metric: 1 / N_CHOICES for metric in HEADLINE[NEXTLINE_TASK]}
 
 LOADER_MODULE = "course_lm_eval_data"
-BUILD_COMMAND = "python -m course_lib.lm_eval_tasks build"
+BUILD_COMMAND = "python -m course_lib.lm.eval_tasks build"
 
 
 class TaskDataMissingError(FileNotFoundError):
@@ -562,7 +562,7 @@ def cli_command(model_dir: Path | str | None = None, out_dir: Path | str | None 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.lm_eval_tasks", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m course_lib.lm.eval_tasks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="write the task data and YAMLs")

@@ -1,6 +1,6 @@
 """A wheelhouse for an offline GPU machine: every wheel the course needs that its image lacks.
 
-    python -m course_lib.wheelhouse build [--python 3.12] [--extras test,notebooks,eval]
+    python -m course_lib.core.wheelhouse build [--python 3.12] [--extras test,notebooks,eval]
                                           [--base gpu-image|torch] [--out wheelhouse]
 
 It takes course_lib's requirements and those of the chosen extras from pyproject.toml, walks their
@@ -181,7 +181,7 @@ def build(python: str, extras: str, base: str, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.wheelhouse", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m course_lib.core.wheelhouse", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build")

@@ -1,7 +1,7 @@
 """The canonical run: the one pinned environment that produces and checks stored notebook outputs.
 
-    python -m course_lib.canonical run -- pytest          # run a command in the canonical env
-    python -m course_lib.canonical execute notebooks/*.ipynb   # re-execute notebooks in place
+    python -m course_lib.core.canonical run -- pytest          # run a command in the canonical env
+    python -m course_lib.core.canonical execute notebooks/*.ipynb   # re-execute notebooks in place
 
 The environment is ``env.CANONICAL_ENV`` (1 thread, PYTHONHASHSEED=0, no GPU visible, progress
 bars off) on top of ``env.LIBRARY_ENV``. `make outputs` and `make test` both go through here, so
@@ -49,7 +49,7 @@ def execute_notebook(path: Path, timeout: int = CELL_TIMEOUT_S) -> float:
     nb = nbformat.read(path, as_version=4)
     os.environ.clear()
     os.environ.update(canonical_environ())
-    os.environ["COURSE_RECORD"] = "1"  # cells run through course_lib.optional record their results for kernels without a library
+    os.environ["COURSE_RECORD"] = "1"  # cells run through course_lib.core.optional record their results for kernels without a library
     start = time.perf_counter()
     client = NotebookClient(
         nb,
@@ -73,7 +73,7 @@ def _execute_one(path: str) -> tuple[str, float, str | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.canonical", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m course_lib.core.canonical", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="run a command in the canonical environment")

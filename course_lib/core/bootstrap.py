@@ -3,7 +3,7 @@
 The cell finds the clone and runs this file by path (course_lib's own imports need packages that
 may not be installed yet)::
 
-    runpy.run_path(str(clone / "course_lib/bootstrap.py"))["bootstrap"](clone, ["gptqmodel", ...])
+    runpy.run_path(str(clone / "course_lib/core/bootstrap.py"))["bootstrap"](clone, ["gptqmodel", ...])
 
 * On Colab it installs course_lib from the clone with its ``notebooks`` extra, pinning the torch
   that Colab already has (so pip keeps Colab's CUDA build), then tries each library the chapter

@@ -4,7 +4,7 @@
     lm = fit(2, tokenizer); lm.next_token_probs(prev=42)
 
 Counts come from the train split's token stream (the course tokenizer, documents joined by
-<|endoftext|>, see ``course_lib.tokens``). Smoothing, with V the vocabulary size:
+<|endoftext|>, see ``course_lib.lm.tokens``). Smoothing, with V the vocabulary size:
 
 * unigram, add-k (Lidstone) with k = 1 (Laplace):  P(w) = (c(w) + k) / (N + k V)
 * bigram, Jelinek-Mercer interpolation:  P(w | u) = λ c(u, w) / c(u) + (1 - λ) P(w)
@@ -27,8 +27,8 @@ from functools import lru_cache
 
 import torch
 
-from .perplexity import FAST, FULL_VALIDATION, Protocol, Result, windows
-from .tokens import token_stream
+from ..lm.perplexity import FAST, FULL_VALIDATION, Protocol, Result, windows
+from ..lm.tokens import token_stream
 
 LAMBDA_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95
 
@@ -148,7 +148,7 @@ def ngram_perplexity(order: int, protocol: Protocol = FAST, tokenizer=None, *,
                      k: float = 1.0, lam: float | None = None) -> Result:
     """Perplexity of the unigram (order 1) or bigram (order 2) baseline under `protocol`."""
     if tokenizer is None:
-        from .models import load_tokenizer
+        from ..lm.models import load_tokenizer
 
         tokenizer = load_tokenizer()
     lm = fit(order, tokenizer, k, lam)

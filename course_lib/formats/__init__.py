@@ -331,7 +331,7 @@ BNB_MISSING = ("bitsandbytes is not installed in this kernel. Install it with `p
 
 def has_bitsandbytes() -> bool:
     """Is bitsandbytes importable here? (The GPU image and a bare Colab lack it.)"""
-    from .optional import have
+    from ..core.optional import have
 
     return have("bitsandbytes")
 
@@ -340,7 +340,7 @@ def import_bitsandbytes_functional():
     """bitsandbytes.functional, imported quietly; a clear ModuleNotFoundError if bitsandbytes is missing.
 
     On import, bitsandbytes triggers torch.jit deprecation warnings (its logger's warning about an
-    optional kernel package is silenced by course_lib.env.NOISY_LOGGERS): harmless noise in a notebook.
+    optional kernel package is silenced by course_lib.core.env.NOISY_LOGGERS): harmless noise in a notebook.
     """
     import warnings
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .awq.core import fold_scales, scale_groups
-from .quant.affine import fake_quantize
+from .core import fold_scales, scale_groups
+from ..quant.affine import fake_quantize
 
 __all__ = ["activation_absmax", "smooth_scales", "smooth_model", "W8A8Linear", "quantize_w8a8", "ACTIVATION_MODES",
            "outlier_ratio", "inject_outliers", "w8a8_rows"]
@@ -37,7 +37,7 @@ def _check_mode(activations: str) -> None:
 
 def _norm_groups(model: nn.Module):
     """(block path, block, [scale groups whose producer is a norm]) for every decoder block."""
-    from .gptq.model import find_blocks
+    from ..lm.blocks import find_blocks
 
     path, blocks, _ = find_blocks(model)
     for i, block in enumerate(blocks):
@@ -49,7 +49,7 @@ def _norm_groups(model: nn.Module):
 def activation_absmax(model: nn.Module, calibration: torch.Tensor, batch_size: int = 16) -> dict[str, torch.Tensor]:
     """max over calibration tokens of |x_j|, per input channel j, for the input of each norm -> layers group.
     Keys: "<block path>.<norm name>", e.g. "model.layers.0.input_layernorm"."""
-    from .awq.teach import channel_stats
+    from .teach import channel_stats
 
     readers = {f"{path}.{g.prev}": f"{path}.{g.layers[0]}" for path, _, groups in _norm_groups(model) for g in groups}
     stats = channel_stats(model, calibration, list(readers.values()), batch_size)  # one layer reading each norm
@@ -109,7 +109,7 @@ class W8A8Linear(nn.Module):
 @torch.no_grad()
 def quantize_w8a8(model: nn.Module, activations: str = "per_token", skip: tuple[str, ...] = ("lm_head",)) -> list[str]:
     """Replace every nn.Linear of the decoder blocks (names not ending in `skip`) by a W8A8Linear, in place."""
-    from .gptq.model import find_blocks
+    from ..lm.blocks import find_blocks
 
     _check_mode(activations)  # before any layer is replaced
     path, blocks, _ = find_blocks(model)
@@ -153,7 +153,7 @@ def w8a8_rows(model: nn.Module, tokenizer, calibration: torch.Tensor, settings, 
     (`protocol`, default FAST; `stream` replaces the test split's tokens, as in perplexity())."""
     import copy
 
-    from .perplexity import FAST, perplexity
+    from ..lm.perplexity import FAST, perplexity
 
     act = activation_absmax(model, calibration)
     rows = []

@@ -1,7 +1,7 @@
 """Every number of the bundled model's card (data/course-model/README.md), and its loss-curve figure.
 
-    python -m course_lib.model_card                    # all numbers + data/course-model/loss_curves.png
-    python -m course_lib.model_card --skip-perplexity  # without the few minutes of CPU scoring
+    python -m course_lib.pipeline.model_card                    # all numbers + data/course-model/loss_curves.png
+    python -m course_lib.pipeline.model_card --skip-perplexity  # without the few minutes of CPU scoring
 
 It prints Markdown-ready lines and tables: architecture and parameter counts, file size and sha256,
 the training recipe and its log, the sweep, perplexities next to the n-gram baselines, and three
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from .corpus_prepare import sha256_file
-from .env import REPO_ROOT
+from ..core.env import REPO_ROOT
 
 MODEL_DIR = REPO_ROOT / "data" / "course-model"
 SWEEP_DIR = REPO_ROOT / "tools" / "sweeps"
@@ -83,7 +83,7 @@ def parameter_breakdown(model) -> list[tuple[str, int, str]]:
 
 
 def print_architecture(model) -> None:
-    from .models import linear_layers, summarize
+    from ..lm.models import linear_layers, summarize
 
     s = summarize(model)
     c = model.config
@@ -122,7 +122,7 @@ def print_training(train_tokens: int) -> None:
     print(f"best validation loss {run['best_val_loss']:.4f} (ppl {math.exp(run['best_val_loss']):.2f}); "
           f"wall time {run['seconds']:.0f} s")
     opts = dict(sweep_rounds()[2][1])[SHIPPED_RUN]
-    print(f"retrain: python -m course_lib.train --out DIR {opts}")
+    print(f"retrain: python -m course_lib.pipeline.train --out DIR {opts}")
     print(f"those options reproduce training.json's recipe: {options_match(opts, run)}")
     overfit = load_run(OVERFIT_RUN)
     best = min(overfit["log"], key=lambda r: r["val_loss"])
@@ -169,7 +169,7 @@ def plot_loss_curves(train_tokens: int, path: Path = FIGURE) -> None:
 
     Left: the whole of both runs; right: the same curves, zoomed on the shipped run's range.
     """
-    from .plotting import PALETTE, new_axes
+    from ..core.plotting import PALETTE, new_axes
 
     fig, axes = new_axes(ncols=2, figsize=(11.0, 4.2))
     runs = ((SHIPPED_RUN, PALETTE[0], f"shipped ({SHIPPED_RUN})"), (OVERFIT_RUN, PALETTE[3], f"{OVERFIT_RUN}, round 1"))
@@ -203,7 +203,7 @@ def plot_loss_curves(train_tokens: int, path: Path = FIGURE) -> None:
 
 def print_perplexities(model, tokenizer) -> None:
     from .baselines import LAMBDA_GRID, fit, ngram_perplexity
-    from .perplexity import FAST, FULL, FULL_VALIDATION, perplexity
+    from ..lm.perplexity import FAST, FULL, FULL_VALIDATION, perplexity
 
     rows = []
     for label, protocol in (("FULL_VALIDATION", FULL_VALIDATION), ("FULL", FULL), ("FAST", FAST)):
@@ -220,8 +220,8 @@ def print_perplexities(model, tokenizer) -> None:
 
 
 def print_lm_eval(model, tokenizer) -> None:
-    """The two local lm-eval tasks (course_lib.lm_eval_tasks), whole, next to chance."""
-    from .lm_eval_tasks import CHANCE, evaluate, load_docs, NEXTLINE_TASK, PPL_TASK
+    """The two local lm-eval tasks (course_lib.lm.eval_tasks), whole, next to chance."""
+    from ..lm.eval_tasks import CHANCE, evaluate, load_docs, NEXTLINE_TASK, PPL_TASK
 
     scores = evaluate(model, tokenizer)
     print(f"{PPL_TASK} ({len(load_docs(PPL_TASK))} passages): word perplexity {scores['word_perplexity']:.1f}, "
@@ -251,7 +251,7 @@ def sample(model, tokenizer, prompt: str, new_tokens: int, temperature: float, t
 def print_samples(model, tokenizer) -> None:
     import torch
 
-    from .corpus import load_split
+    from ..lm.corpus import load_split
 
     train_text = load_split("train")
     print(f"samples: {SAMPLING} (seed reset per prompt), CPU float32, torch {torch.__version__}")
@@ -264,7 +264,7 @@ def print_samples(model, tokenizer) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.model_card", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m course_lib.pipeline.model_card", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-perplexity", action="store_true", help="skip the perplexities, baselines and lm-eval tasks")
     parser.add_argument("--figure", type=Path, default=FIGURE, help="where to write the loss curves")
@@ -272,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from .models import load_model
-    from .tokens import token_stream
+    from ..lm.models import load_model
+    from ..lm.tokens import token_stream
 
     model, tokenizer = load_model(device="cpu")  # float32 on CPU
     train = token_stream("train", tokenizer)

@@ -168,7 +168,7 @@ SEED_CLAIMS = [
         topic="'GPTQ only runs on NVIDIA 30-series or newer' (seed 004)",
         short="false: GPTQ runs on a CPU; the Marlin kernel needs CC 8.0 (7.5 for GPTQ in GPTQModel 7.6)",
         finding="False. GPTQ itself is an offline algorithm: GPTQModel and llm-compressor run it on this CPU "
-                "(course_lib.gptq_tools). What needs a recent GPU is one family of fast kernels, Marlin: "
+                "(course_lib.gptq.tools). What needs a recent GPU is one family of fast kernels, Marlin: "
                 "IST-DASLab/marlin's README (Requirements) asks for an NVIDIA GPU with compute capability >= 8.0 "
                 "(Ampere or Ada; its kernel uses Ampere's cp.async copies), and earlier GPTQModel releases checked "
                 "exactly that (utils/marlin.py, _validate_marlin_device_support: get_device_capability()[0] >= 8). "

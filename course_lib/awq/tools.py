@@ -37,9 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from .awq_tools_status import AUTOAWQ_STATUS, CHECKED_ON, SEED_CLAIMS, TOOL_NOTES
-from .gptq_tools import (ToolRun, _check_dirs, _check_settings, _loguru, _quiet, _require, _scheme,
-                         checkpoint_summary, dir_size_bytes, load_quantized)
+from .tools_status import AUTOAWQ_STATUS, CHECKED_ON, SEED_CLAIMS, TOOL_NOTES
+from ..gptq.tools import (ToolRun, _check_dirs, _check_settings, _loguru, _quiet, _require, _scheme, checkpoint_summary,
+                          dir_size_bytes, load_quantized)
 
 __all__ = [
     "ToolRun", "quantize_awq_with_gptqmodel", "quantize_awq_with_llmcompressor", "smoothquant_w8a8_with_llmcompressor",
@@ -256,7 +256,7 @@ def llmcompressor_awq_mappings(model_dir) -> list[dict]:
     model_dir = Path(model_dir)
     if not (model_dir / "config.json").exists():
         raise ValueError(f"{model_dir} is not a saved Hugging Face model (no config.json); give a local directory, "
-                         "e.g. course_lib.models.BUNDLED_DIR.")
+                         "e.g. course_lib.lm.models.BUNDLED_DIR.")
     with _quiet():
         _require("llmcompressor", "llmcompressor")
         from compressed_tensors.utils import match_modules_set

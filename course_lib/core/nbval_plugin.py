@@ -1,4 +1,4 @@
-"""pytest plugin for the course (loaded with `-p course_lib.nbval_plugin`, see pyproject.toml).
+"""pytest plugin for the course (loaded with `-p course_lib.core.nbval_plugin`, see pyproject.toml).
 
 * nbval: stderr is not compared. Warnings and progress bars go there and differ between library
   versions; the course never prints a result to stderr (tests/test_notebook_hygiene.py checks).

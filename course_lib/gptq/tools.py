@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-from .env import quiet_loggers
-from .gptq_tools_status import AUTOGPTQ_STATUS, CHECKED_ON
+from ..core.env import quiet_loggers
+from .tools_status import AUTOGPTQ_STATUS, CHECKED_ON
 
 __all__ = [
     "ToolRun", "SUPPORTED_BITS", "quantize_with_gptqmodel", "quantize_with_llmcompressor", "load_quantized",
@@ -94,7 +94,7 @@ def _quiet():
 
     GPTQModel prints a banner, INFO lines and redrawn progress bars to stdout (and, in Jupyter,
     through IPython display updates, which nbval can't replay: LOGBAR_DISABLE_NOTEBOOK_DETECTION
-    turns that off, set in course_lib.env); transformers' tqdm bars (widgets in Jupyter) are switched off. llm-compressor logs through loguru
+    turns that off, set in course_lib.core.env); transformers' tqdm bars (widgets in Jupyter) are switched off. llm-compressor logs through loguru
     to the stdout it saw at import: those lines are switched off (call ``_loguru(False)`` again
     after importing it), and its sink is pointed back at the real stdout afterwards.
     """
@@ -132,7 +132,7 @@ def _check_settings(bits: int, group_size: int, calibration):
 
 def check_tool_calibration(calibration):
     """The calibration as a 2-D LongTensor (n_samples, seq_len) on CPU, for a library to read; or a clear error."""
-    from .tokens import check_token_ids
+    from ..lm.tokens import check_token_ids
 
     return check_token_ids(calibration).cpu()
 
@@ -141,7 +141,7 @@ def _check_dirs(model_dir, out_dir) -> tuple[Path, Path]:
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if not (model_dir / "config.json").exists():
         raise ValueError(f"{model_dir} is not a saved Hugging Face model (no config.json); give a local directory, "
-                         "e.g. course_lib.models.BUNDLED_DIR.")
+                         "e.g. course_lib.lm.models.BUNDLED_DIR.")
     if out_dir.resolve() == model_dir.resolve():
         raise ValueError("out_dir must differ from model_dir: the quantized checkpoint would overwrite the original.")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -371,7 +371,7 @@ def score_run(run: ToolRun, tokenizer, label: str | None = None) -> dict:
     """One JSON-ready row for a notebook: who quantized (label and version), the checkpoint's method and
     format, the FAST perplexity of the checkpoint loaded back with transformers, the tool's seconds and
     the bytes of its weights file(s)."""
-    from .perplexity import perplexity
+    from ..lm.perplexity import perplexity
 
     summary = checkpoint_summary(run.out_dir)
     return {"quantized by": f"{label or run.library} {run.version}",

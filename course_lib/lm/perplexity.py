@@ -4,7 +4,7 @@
     result = perplexity(model, tokenizer, FULL)      # the whole test split (model card)
 
 Protocol: the split's documents are joined into one token stream (each followed by
-<|endoftext|>, see ``course_lib.tokens``); the first ``max_tokens`` tokens are cut into windows
+<|endoftext|>, see ``course_lib.lm.tokens``); the first ``max_tokens`` tokens are cut into windows
 of ``seq_len`` tokens that start every ``stride`` tokens. Each token is scored once, by the
 window that sees it with the most context. With stride == seq_len (the default) the windows don't
 overlap, a token's context restarts every 256 tokens, and the first token of each window, having no

@@ -70,7 +70,7 @@ def check_token_ids(calibration):
     """
     import torch
 
-    hint = "build it with course_lib.tokens.calibration_batches(tokenizer, n_samples, seq_len)"
+    hint = "build it with course_lib.lm.tokens.calibration_batches(tokenizer, n_samples, seq_len)"
     if not isinstance(calibration, torch.Tensor):
         raise TypeError(f"calibration must be a LongTensor (n_samples, seq_len) of token ids, got "
                         f"{type(calibration).__name__}; {hint}.")

@@ -106,7 +106,7 @@ def bnb_nf4_storage(weights, *, double_quant: bool = True) -> dict[str, float]:
     quantization); the second-level fp32 scales and offset; the per-tensor lookup tables (the
     16 NF4 values and, with double quantization, the 256-entry 8-bit code). Needs bitsandbytes.
     """
-    from .formats import import_bitsandbytes_functional
+    from . import import_bitsandbytes_functional
 
     bnbf = import_bitsandbytes_functional()
     parts = {"codes": 0, "absmax": 0, "second-level scales": 0, "per-tensor tables": 0}

