@@ -2,7 +2,7 @@
 
     python -m course_lib.bench model-eval [--name h200_course_model_eval]
 
-The model card and chapter 00 read it.
+Chapter 03 reads it (the float model's scores beside its quantized ones).
 """
 
 from __future__ import annotations
