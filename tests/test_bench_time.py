@@ -40,3 +40,21 @@ def test_best_of_interleaved_runs_in_turn_and_keeps_the_best():
     assert best["slow"] >= 0.01 > best["fast"]
     with pytest.raises(ValueError, match="repeats"):
         best_of_interleaved(fns, repeats=0)
+
+
+def test_record_quant_time_runs_the_rows_and_saves_the_command_that_made_them(monkeypatch):
+    from course_lib.gptq import bench as gbench
+
+    saved = {}
+    monkeypatch.setattr(gbench, "save_result", lambda name, rows, **kw: saved.update(name=name, rows=rows, **kw))
+    calls = []
+
+    def rows_fn(device, bits, tools, repeats):
+        calls.append((device, bits, tools, repeats))
+        return [{"tool": t} for t in tools]
+
+    gbench.record_quant_time("awq", rows_fn, ("a", "b"), "desc", "cpu", (4,), None, None, 2, None)
+    assert calls == [("cpu", (4,), ("a", "b"), 2)] and saved["rows"] == [{"tool": "a"}, {"tool": "b"}]
+    assert saved["name"] == "cpu_awq_time" and saved["description"] == "desc"
+    assert saved["command"] == ("python -m course_lib.bench awq-time --device cpu --bits 4 --tools a b --repeats 2 "
+                                "--name cpu_awq_time")

@@ -21,12 +21,12 @@ from __future__ import annotations
 import statistics
 import time
 
-from ..gptq.bench import save_quant_time, time_setup, tool_time_rows
+from ..gptq.bench import record_quant_time, time_setup, tool_time_rows
 
 AWQ_TOOLS = ("course_lib", "course_lib-duo-noclip", "llmcompressor", "gptqmodel")
-AWQ_TIME_DESCRIPTION = ("AWQ of the bundled model (float32, GPTQModel bfloat16; 128 x 256 calibration tokens, group 128, zero "
-           "point): median wall time of load + quantize + save, and FAST perplexity on CPU after reloading the "
-           "checkpoint with transformers (float model: 44.29)")
+AWQ_TIME_DESCRIPTION = ("AWQ of the bundled model (float32, GPTQModel bfloat16; 128 x 256 calibration tokens, group 128, "
+                        "zero point): median wall time of load + quantize + save, and FAST perplexity on CPU after "
+                        "reloading the checkpoint with transformers (float model: 44.29)")
 
 METHODS = ("GPTQ", "AWQ")
 EVAL_TOKENS = (8192, 16384)  # the notebook's small-profile perplexity, and the course's FAST protocol
@@ -40,9 +40,9 @@ def seed_rows(seeds=(0, 1, 2, 3, 4), bits=(4, 3), *, n_samples: int = 16, seq_le
     import torch
 
     from ..lm import models
-    from .teach import quantize_grid
     from ..lm.perplexity import Protocol, perplexity
     from ..lm.tokens import calibration_batches
+    from .teach import quantize_grid
 
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct integers, at least one; got {seeds!r}.")
@@ -172,12 +172,5 @@ def awq_time_rows(device: str = "cpu", bits=(4,), tools=AWQ_TOOLS, *, repeats: i
 
 def record_awq_time(device: str = "cpu", bits=(4,), tools=None, threads: int | None = None, repeats: int = 1,
                     name: str | None = None) -> None:
-    """Run awq_time_rows and save them (python -m course_lib.bench awq-time)."""
-    import torch
-
-    tools = tuple(tools or AWQ_TOOLS)
-    if threads:
-        torch.set_num_threads(threads)
-    rows = awq_time_rows(device, bits, tools, repeats=repeats)
-    save_quant_time("awq", rows, device=device, bits=bits, tools=tools, threads=threads, repeats=repeats, name=name,
-                    description=AWQ_TIME_DESCRIPTION)
+    """python -m course_lib.bench awq-time"""
+    record_quant_time("awq", awq_time_rows, AWQ_TOOLS, AWQ_TIME_DESCRIPTION, device, bits, tools, threads, repeats, name)

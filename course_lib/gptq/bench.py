@@ -4,8 +4,8 @@ three 4-bit grids over several calibration draws.
     python -m course_lib.bench gptq-time [--device cpu|cuda] [--tools ...] [--bits 4 3] [--threads 2]
     python -m course_lib.bench gptq-grids [--seeds 0 1 2 3 4] [--bits 4] [--threads 1] [--name cpu_gptq_grids]
 
-gptq-time runs the same GPTQ job with course_lib, llm-compressor and GPTQModel (tool_time_rows and
-save_quant_time are shared with awq.bench's awq-time).
+gptq-time runs the same GPTQ job with course_lib, llm-compressor and GPTQModel (tool_time_rows,
+time_setup and record_quant_time are shared with awq.bench's awq-time).
 
 RTN at 4 bits, groups of 128, prints three different perplexities in chapters 02, 03 and 04 because
 each uses another grid (course_lib.quant.grid_name): the restricted symmetric grid [-7, 7]
@@ -26,9 +26,9 @@ from ..core.results import save_result
 from ..core.timing import device_slug
 
 GPTQ_TOOLS = ("course_lib", "course_lib-one-pass", "course_lib-one-pass-static", "llmcompressor", "gptqmodel")
-GPTQ_TIME_DESCRIPTION = ("GPTQ of the bundled model (loaded in float32 by every tool, 128 x 256 calibration tokens, group 128, "
-            "symmetric, no act-order): median wall time of load + quantize + save, and FAST perplexity on CPU "
-            "(float model: 44.29)")
+GPTQ_TIME_DESCRIPTION = ("GPTQ of the bundled model (loaded in float32 by every tool, 128 x 256 calibration tokens, "
+                         "group 128, symmetric, no act-order): median wall time of load + quantize + save, and FAST "
+                         "perplexity on CPU (float model: 44.29)")
 
 # (config keys for quantize_grid, in the order the notebook shows them)
 GRIDS = ({"restricted": True}, {}, {"symmetric": False})
@@ -192,11 +192,17 @@ def gptq_time_rows(device: str = "cpu", bits=(4, 3), tools=GPTQ_TOOLS, *, repeat
                           tokenizer=tokenizer)
 
 
-def save_quant_time(method: str, rows: list[dict], *, device: str, bits, tools, threads: int | None, repeats: int,
-                    name: str | None, description: str) -> None:
-    """Save gptq_time_rows or awq.bench.awq_time_rows as data/results/<name>.json, with the command that made them."""
+def record_quant_time(method: str, rows_fn, default_tools: tuple[str, ...], description: str, device: str = "cpu",
+                      bits=(4,), tools=None, threads: int | None = None, repeats: int = 1,
+                      name: str | None = None) -> None:
+    """Run rows_fn (gptq_time_rows, awq.bench.awq_time_rows) and save its rows as data/results/<name>.json,
+    with the command that made them (python -m course_lib.bench <method>-time)."""
     import torch
 
+    tools = tuple(tools or default_tools)
+    if threads:
+        torch.set_num_threads(threads)
+    rows = rows_fn(device, bits, tools, repeats=repeats)
     name = name or ("cpu" if device == "cpu" else device_slug()) + f"_{method}_time"
     command = (f"python -m course_lib.bench {method}-time --device {device} --bits {' '.join(map(str, bits))} "
                f"--tools {' '.join(tools)} --repeats {repeats}" + (f" --threads {threads}" if threads else "")
@@ -208,12 +214,6 @@ def save_quant_time(method: str, rows: list[dict], *, device: str, bits, tools, 
 
 def record_gptq_time(device: str = "cpu", bits=(4, 3), tools=None, threads: int | None = None, repeats: int = 1,
                      name: str | None = None) -> None:
-    """Run gptq_time_rows and save them (python -m course_lib.bench gptq-time)."""
-    import torch
-
-    tools = tuple(tools or GPTQ_TOOLS)
-    if threads:
-        torch.set_num_threads(threads)
-    rows = gptq_time_rows(device, bits, tools, repeats=repeats)
-    save_quant_time("gptq", rows, device=device, bits=bits, tools=tools, threads=threads, repeats=repeats, name=name,
-                    description=GPTQ_TIME_DESCRIPTION)
+    """python -m course_lib.bench gptq-time"""
+    record_quant_time("gptq", gptq_time_rows, GPTQ_TOOLS, GPTQ_TIME_DESCRIPTION, device, bits, tools, threads, repeats,
+                      name)
