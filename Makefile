@@ -46,6 +46,7 @@ $(STAMP): pyproject.toml constraints.txt | check-python
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[all]"
+	$(PY) -m course_lib.lm.real_model install
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "$(KERNEL_DISPLAY)" >/dev/null
 	@touch $@
 	@echo "environment ready in $(VENV) (kernel '$(KERNEL_DISPLAY)')"

