@@ -36,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     pd.add_argument("--name", default=None, help="result file name (default: <gpu>_prefill_decode)")
     ev = sub.add_parser("model-eval", help="the bundled model: perplexities and lm-eval scores, GPU bf16 and CPU fp32")
     ev.add_argument("--name", default=None, help="result file name (default: <gpu>_course_model_eval)")
+    rm = sub.add_parser("real-model", help="the real model (SmolLM2-135M): perplexity, RTN/GPTQ/AWQ, keep-1%%, W8A8, "
+                        "lm-eval, in float32")
+    rm.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
+    rm.add_argument("--part", default="all", choices=["all", "eval", "quant"],
+                    help="eval: float perplexities and lm-eval; quant: RTN/GPTQ/AWQ, keep-1%%, W8A8 (default: both)")
+    rm.add_argument("--quick", action="store_true", help="a few minutes on a CPU: 4 x 128 calibration, 512 tokens")
+    rm.add_argument("--name", default=None, help="result file name (default: <gpu>_smollm2, cpu_smollm2; _eval added for --part eval)")
     from .awq.bench import AWQ_TOOLS
     from .gptq.bench import GPTQ_TOOLS
 
@@ -116,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             from .pipeline.model_eval import record_model_eval
 
             record_model_eval(args.name)
+        elif args.bench == "real-model":
+            from .awq.real_bench import record_real_model
+
+            record_real_model(args.name, args.device, quick=args.quick, part=args.part)
         elif args.bench == "kv-decode":
             from .kv.bench import record_kv_decode
 

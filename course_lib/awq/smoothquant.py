@@ -23,8 +23,8 @@ from torch import nn
 from .core import fold_scales, scale_groups
 from ..quant.affine import fake_quantize
 
-__all__ = ["activation_absmax", "smooth_scales", "smooth_model", "W8A8Linear", "quantize_w8a8", "ACTIVATION_MODES",
-           "outlier_ratio", "inject_outliers", "w8a8_rows"]
+__all__ = ["activation_absmax", "absmax_from_stats", "norm_readers", "smooth_scales", "smooth_model", "W8A8Linear",
+           "quantize_w8a8", "ACTIVATION_MODES", "layer_w8a8_error", "outlier_ratio", "inject_outliers", "w8a8_rows"]
 
 # activation mode -> the granularity of quant.affine that gives it (a token is a row of the flattened input)
 ACTIVATION_MODES = {"per_tensor": "tensor", "per_token": "channel"}
@@ -51,8 +51,25 @@ def activation_absmax(model: nn.Module, calibration: torch.Tensor, batch_size: i
     Keys: "<block path>.<norm name>", e.g. "model.layers.0.input_layernorm"."""
     from .teach import channel_stats
 
-    readers = {f"{path}.{g.prev}": f"{path}.{g.layers[0]}" for path, _, groups in _norm_groups(model) for g in groups}
+    readers = norm_readers(model)
     stats = channel_stats(model, calibration, list(readers.values()), batch_size)  # one layer reading each norm
+    return absmax_from_stats(model, stats)
+
+
+def norm_readers(model: nn.Module) -> dict[str, str]:
+    """{norm key: the first linear layer that reads that norm's output}, e.g.
+    {"model.layers.0.input_layernorm": "model.layers.0.self_attn.q_proj", ...}."""
+    return {f"{path}.{g.prev}": f"{path}.{g.layers[0]}" for path, _, groups in _norm_groups(model) for g in groups}
+
+
+def absmax_from_stats(model: nn.Module, stats: dict) -> dict[str, torch.Tensor]:
+    """activation_absmax's result from channel statistics already measured (awq.teach.channel_stats covering
+    the layers that read the norms), without another pass over the calibration data."""
+    readers = norm_readers(model)
+    missing = [name for name in readers.values() if name not in stats]
+    if missing:
+        raise KeyError(f"channel_stats has no entry for {missing[:3]}...; measure every block linear "
+                       f"(teach.channel_stats(model, calib)) or call activation_absmax(model, calib).")
     return {key: stats[name]["max"] for key, name in readers.items()}
 
 
@@ -122,6 +139,21 @@ def quantize_w8a8(model: nn.Module, activations: str = "per_token", skip: tuple[
                 setattr(parent, child, W8A8Linear(module, activations))
                 replaced.append(f"{path}.{i}.{name}")
     return replaced
+
+
+@torch.no_grad()
+def layer_w8a8_error(x: torch.Tensor, weight: torch.Tensor, activations: str = "per_token",
+                     scales: torch.Tensor | None = None) -> float:
+    """Relative error of one linear layer's output under simulated W8A8, on captured inputs x (..., in):
+    ||Q(x / s) Q(W s)^T - x W^T|| / ||x W^T||, Q = int8 (weights per output channel, activations per tensor
+    or per token), s = SmoothQuant's scales for the layer's input (None: no smoothing)."""
+    _check_mode(activations)
+    x = x.reshape(-1, x.shape[-1]).float()
+    w = weight.detach().float()
+    s = torch.ones(w.shape[1], device=w.device) if scales is None else scales.to(w.device).float()
+    y = x @ w.T
+    y_hat = _fake_quantize_activation(x / s, activations) @ fake_quantize(w * s, 8, granularity="channel").T
+    return (torch.linalg.vector_norm(y_hat - y) / torch.linalg.vector_norm(y)).item()
 
 
 def outlier_ratio(act_absmax: dict[str, torch.Tensor]) -> dict[str, float]:
