@@ -23,7 +23,8 @@ from torch import nn
 from .core import fold_scales, scale_groups
 from ..quant.affine import fake_quantize
 
-__all__ = ["activation_absmax", "absmax_from_stats", "norm_readers", "smooth_scales", "smooth_model", "W8A8Linear",
+__all__ = ["activation_absmax", "absmax_from_stats", "norm_readers", "norm_group_layers", "group_weight_absmax",
+           "smoothed_absmax", "smooth_scales", "smooth_model", "W8A8Linear",
            "quantize_w8a8", "ACTIVATION_MODES", "layer_w8a8_error", "outlier_ratio", "inject_outliers", "w8a8_rows"]
 
 # activation mode -> the granularity of quant.affine that gives it (a token is a row of the flattened input)
@@ -60,6 +61,27 @@ def norm_readers(model: nn.Module) -> dict[str, str]:
     """{norm key: the first linear layer that reads that norm's output}, e.g.
     {"model.layers.0.input_layernorm": "model.layers.0.self_attn.q_proj", ...}."""
     return {f"{path}.{g.prev}": f"{path}.{g.layers[0]}" for path, _, groups in _norm_groups(model) for g in groups}
+
+
+def norm_group_layers(model: nn.Module) -> dict[str, list[str]]:
+    """{norm key: full names of the linear layers that read that norm's output (q/k/v, or gate/up)}."""
+    return {f"{path}.{g.prev}": [f"{path}.{n}" for n in g.layers] for path, _, groups in _norm_groups(model) for g in groups}
+
+
+def group_weight_absmax(model: nn.Module, key: str) -> torch.Tensor:
+    """max |W_ij| over the output rows of every layer that reads norm `key`, per input column j."""
+    names = norm_group_layers(model)[key]
+    return torch.cat([model.get_submodule(n).weight.detach().abs().float() for n in names]).amax(dim=0)
+
+
+def smoothed_absmax(model: nn.Module, act_absmax: dict[str, torch.Tensor], alpha: float = 0.5) -> dict[str, torch.Tensor]:
+    """What smooth_model(model, act_absmax, alpha) would leave the layers to read, max |X_j| / s_j per norm
+    key, computed from the statistics alone (the model is not changed)."""
+    out = {}
+    for key, act in act_absmax.items():
+        w_max = group_weight_absmax(model, key)
+        out[key] = act.to(w_max.device) / smooth_scales(act.to(w_max.device), w_max, alpha)
+    return out
 
 
 def absmax_from_stats(model: nn.Module, stats: dict) -> dict[str, torch.Tensor]:
