@@ -81,7 +81,7 @@ constraints: $(STAMP)
 	@mv constraints.txt.new constraints.txt && echo "constraints.txt re-pinned; now run 'make outputs'"
 
 wheelhouse: $(STAMP)
-	$(PY) -m course_lib.core.wheelhouse build --python $(WHEEL_PYTHON) --out $(WHEELHOUSE)
+	$(PY) -m course_lib.core.wheelhouse build --python $(WHEEL_PYTHON) --out $(WHEELHOUSE) $(if $(filter 0,$(REAL_MODEL)),--no-real-model)
 
 # Run on the GPU machine (no internet), from a checkout that carries the wheelhouse.
 gpu-run:

@@ -81,3 +81,24 @@ def test_lm_eval_rows_scores_each_model_in_order_and_quietly(capfd):
     capfd.readouterr()
     teach.lm_eval_rows([a], tok, ("course_ppl",), limit=2)
     assert "%|" not in capfd.readouterr().err  # lm-eval's progress bars are swallowed
+
+
+def test_salient_output_error_is_keep_salient_on_one_layer():
+    """The layer-level keep-1%: the same weights as keep_salient, scored on the layer's output."""
+    model, calib = models.tiny_model("llama"), _calib()
+    stats = teach.channel_stats(model, calib)
+    name = "model.layers.1.mlp.down_proj"
+    X = layer_inputs(model, name, calib)
+    w0 = model.get_submodule(name).weight.detach().clone()
+    y = X @ w0.T
+    errs = {by: teach.salient_output_error(X, w0, stats[name]["mean"], 3, by=by, fraction=0.05, group_size=64)
+            for by in (None, "activation", "weight")}
+    teach.keep_salient(model, {name: stats[name]}, 3, fraction=0.05, by="activation", group_size=64)
+    w_kept = model.get_submodule(name).weight.detach()
+    expected = (torch.linalg.vector_norm(X @ w_kept.T - y) / torch.linalg.vector_norm(y)).item()
+    assert errs["activation"] == pytest.approx(expected, rel=1e-5)
+    rtn = fake_quantize(w0, 3, symmetric=False, granularity="group", group_size=64)
+    assert errs[None] == pytest.approx((torch.linalg.vector_norm(X @ rtn.T - y) / torch.linalg.vector_norm(y)).item(),
+                                       rel=1e-5)
+    assert errs["activation"] < errs[None]
+    assert teach.salient_output_error(X, w0, stats[name]["mean"], 8, by=None, group_size=64) < errs[None] / 10

@@ -130,6 +130,9 @@ def test_layer_inputs_act_order_and_grid_on_a_tiny_model(tmp_path):
     assert [(r["method"], r["group"], r["act-order"]) for r in grid] == [("FP", "-", "-"), ("RTN", "g128", "-"),
                                                                           ("GPTQ", "g128", "on")]
     assert all(r["perplexity"] > 1 for r in grid) and sorted(kept) == [0, 1, 2]
+    again = teach.quantize_grid(model, load_tokenizer(), calib, configs[:2], protocol=Protocol(max_tokens=512),
+                                scored={0: 123.0})  # a perplexity measured before is reused, not recomputed
+    assert again[0]["perplexity"] == 123.0 and again[1]["perplexity"] == grid[1]["perplexity"]
     gptq_model, report = kept[2]
     out = save_gptq_checkpoint(gptq_model, report, tmp_path / "ckpt")
     bits = teach.layer_bits_per_weight(out, name)  # down_proj: 128 outputs x 256 inputs

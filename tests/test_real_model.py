@@ -201,3 +201,25 @@ def test_perplexity_uses_the_course_protocol_unchanged(real):
 
     result = perplexity(*real, Protocol(max_tokens=1024))
     assert 20 < result.ppl < 100  # measured 49 on 4096 tokens; the bundled model, trained on this text, 44
+
+
+def test_real_model_bench_eval_part_quick_and_bad_part():
+    """The bench's CPU path (the GPU record runs the same code with part="all"): float perplexity and lm-eval."""
+    from course_lib.awq.real_bench import real_model_rows
+
+    with pytest.raises(ValueError, match="part must be one of"):
+        real_model_rows("cpu", quick=True, part="quantize")
+    rows = real_model_rows("cpu", quick=True, part="eval")
+    kinds = [r["kind"] for r in rows]
+    assert kinds[0] == "float" and 20 < rows[0]["perplexity"] < 100
+    if importlib.util.find_spec("lm_eval") is not None:
+        scores = next(r for r in rows if r["kind"] == "lm-eval")
+        assert 1.0 < scores["bits_per_byte"] < 3.0 and 0 <= scores["acc"] <= 1
+
+
+def test_card_command_line_prints_both_models(capsys):
+    from course_lib.lm.card import main
+
+    assert main([]) == 0
+    out = capsys.readouterr().out
+    assert "course-model" in out and NAME in out and "GQA ratio" in out and "Apache-2.0" in out

@@ -97,3 +97,42 @@ def test_w8a8_rows_smoothing_helps_per_tensor_on_injected_outliers():
     assert [r["alpha"] for r in rows] == ["-", 0.5]
     assert rows[1]["outlier ratio"] < rows[0]["outlier ratio"] / 10
     assert rows[1]["perplexity"] < rows[0]["perplexity"]
+
+
+def test_helpers_from_channel_stats_match_a_second_pass_and_the_folded_model():
+    """absmax_from_stats reuses channel_stats' pass; smoothed_absmax predicts what smooth_model leaves the layers."""
+    from course_lib.awq import smoothquant as sq
+    from course_lib.awq.teach import channel_stats
+
+    model, calib = models.tiny_model("llama"), _calib()
+    stats = channel_stats(model, calib)
+    act = sq.absmax_from_stats(model, stats)
+    direct = activation_absmax(model, calib)
+    assert set(act) == set(direct) and all(torch.equal(act[k], direct[k]) for k in act)
+    assert sq.norm_group_layers(model)["model.layers.1.input_layernorm"] == [
+        f"model.layers.1.self_attn.{p}" for p in ("q_proj", "k_proj", "v_proj")]
+    predicted = sq.smoothed_absmax(model, act, alpha=0.5)
+    with torch.no_grad():
+        smooth_model(model, act, alpha=0.5)
+    measured = activation_absmax(model, calib)
+    for key in act:
+        torch.testing.assert_close(measured[key], predicted[key], rtol=1e-4, atol=1e-6)
+    with pytest.raises(KeyError, match="channel_stats has no entry"):
+        sq.absmax_from_stats(model, {})
+
+
+def test_layer_w8a8_error_smoothing_helps_an_outlier_channel_and_identity_scales_change_nothing():
+    from course_lib.awq.smoothquant import layer_w8a8_error
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 32, generator=g)
+    x[:, 5] *= 60.0  # one outlier channel in every token
+    w = torch.randn(16, 32, generator=g)
+    act_max, w_max = x.abs().amax(0), w.abs().amax(0)
+    plain = layer_w8a8_error(x, w, "per_tensor")
+    assert layer_w8a8_error(x, w, "per_tensor", torch.ones(32)) == pytest.approx(plain, rel=1e-6)
+    smoothed = layer_w8a8_error(x, w, "per_tensor", smooth_scales(act_max, w_max, 0.5))
+    assert 0 < smoothed < plain / 3
+    assert layer_w8a8_error(x, w, "per_token") < plain
+    with pytest.raises(ValueError, match="activations must be one of"):
+        layer_w8a8_error(x, w, "per_group")

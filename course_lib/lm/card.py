@@ -14,7 +14,7 @@ import sys
 from .models import BUNDLED_NAME, load_model, summarize
 from .real_model import REAL_MODELS
 
-BUNDLED_WEIGHTS = "float32, trained by the course (data/course-model/README.md)"
+BUNDLED_WEIGHTS = "float, trained by the course"
 WIDTHS = (("fp32", 4.0), ("bf16 / fp16", 2.0), ("int8", 1.0), ("int4 (codes only)", 0.5))
 
 

