@@ -25,7 +25,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]  # <repo>: course_lib/core/env.p
 COURSE_SETTINGS = {
     "COURSE_DEVICE": "auto, cpu, cuda, cuda:N or mps (default auto)",
     "COURSE_PROFILE": "small or large workload (default: small on CPU, large on CUDA)",
-    "COURSE_MODEL": "a hub id or local directory instead of the bundled model",
+    "COURSE_MODEL": "smollm2-135m (the real model), a hub id or a local directory instead of the bundled model",
+    "COURSE_CACHE": "where the real model's converted copy lives (default ~/.cache/llm-course)",
     "COURSE_CANONICAL": "1 inside the canonical run that produces the stored outputs",
 }
 
