@@ -184,16 +184,20 @@ def convert(name: str, directory: Path) -> dict:
     model.config._name_or_path = spec.name
     tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    files = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-    manifest = {"format": FORMAT, "model": spec.name, "distribution": f"{spec.distribution}=={spec.version}",
-                "gguf_file": source.name, "gguf_bytes": source.stat().st_size, "gguf_sha256": sha256(source),
-                "transformers": transformers.__version__, "files": files,
-                "seconds": round(time.perf_counter() - start, 1)}
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    shutil.rmtree(directory, ignore_errors=True)
-    tmp.rename(directory)
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        files = {p.name: sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        manifest = {"format": FORMAT, "model": spec.name, "distribution": f"{spec.distribution}=={spec.version}",
+                    "gguf_file": source.name, "gguf_bytes": source.stat().st_size, "gguf_sha256": sha256(source),
+                    "transformers": transformers.__version__, "files": files,
+                    "seconds": round(time.perf_counter() - start, 1)}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")  # written last: marks it complete
+        shutil.rmtree(directory, ignore_errors=True)
+        tmp.rename(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # no half-written copy left behind (disk full, interrupted)
+        raise
     return manifest
 
 
