@@ -223,3 +223,26 @@ def test_card_command_line_prints_both_models(capsys):
     assert main([]) == 0
     out = capsys.readouterr().out
     assert "course-model" in out and NAME in out and "GQA ratio" in out and "Apache-2.0" in out
+
+
+def test_the_real_model_card_quotes_the_recordings():
+    """data/real-model/README.md's numbers are the recorded ones (re-record, then fix the card)."""
+    from course_lib.core.env import REPO_ROOT
+    from course_lib.core.results import load_result
+
+    card = (REPO_ROOT / "data" / "real-model" / "README.md").read_text(encoding="utf-8")
+    gpu = load_result("h200_smollm2").rows
+    cpu = {(r["kind"], r.get("protocol")): r for r in load_result("cpu_smollm2_eval").rows}
+    assert f"{cpu[('float', 'fast')]['perplexity']:.2f}" in card and f"{cpu[('float', 'full_test')]['perplexity']:.2f}" in card
+    assert f"{cpu[('lm-eval', None)]['bits_per_byte']:.3f}" in card and f"{cpu[('lm-eval', None)]['acc']:.2f}" in card
+    weights = {(r["method"], r["bits"], r["group"]): r for r in gpu if r["kind"] == "weights"}
+    for method, bits in [("RTN", 4), ("GPTQ", 4), ("AWQ", 4)]:
+        r = weights[(method, bits, "g64")]
+        assert f"{r['perplexity']:.2f} (+{100 * r['vs float']:.1f}%)" in card, (method, bits)
+    for method, bits in [("RTN", 3), ("GPTQ", 3), ("AWQ", 3)]:
+        r = weights[(method, bits, "g64")]
+        assert f"(+{100 * r['vs float']:.0f}%)" in card, (method, bits)
+    keep = {r["kept in float"]: r["share of RTN's gap closed"] for r in gpu if r["kind"] == "keep 1%"}
+    assert f"closes {100 * keep['activation']:.0f}%" in card and f"by weight magnitude {100 * keep['weight']:.0f}%" in card
+    rtn32 = weights[("RTN", 4, "g32")]
+    assert f"at g32 +{100 * rtn32['vs float']:.0f}%" in card
