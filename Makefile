@@ -71,6 +71,7 @@ bench: $(STAMP)
 	$(PY) -m course_lib.bench prefill-decode
 	$(PY) -m course_lib.bench model-eval
 	$(PY) -m course_lib.bench real-model
+	$(PY) -m course_lib.bench bnb
 	$(PY) -m course_lib.bench kv-decode
 	$(PY) -m course_lib.bench attention --tune quick
 	$(PY) -m course_lib.bench dequant-matmul

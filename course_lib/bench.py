@@ -7,6 +7,7 @@
     python -m course_lib.bench gptq-grids [--seeds 0 1 2 3 4] [--bits 4] [--threads 1]  (CPU: chapter 03's RTN grids)
     python -m course_lib.bench qat-control [--lrs 5e-4 1e-4 3e-5 1e-5] [--threads 1]  (CPU: chapter 02's QAT control)
     python -m course_lib.bench awq-seeds [--seeds 0 1 2 3 4] [--bits 4 3] [--eval-tokens 8192 16384]  (CPU: ch. 04)
+    python -m course_lib.bench bnb [--device cuda|cpu] [--part all|speed|finetune] [--quick] [--threads N]  (chapter 05)
     python -m course_lib.bench kv-decode [--device cpu|cuda] [--model tiny] [--threads 2] [--name ...]
     python -m course_lib.bench attention [--name ...] [--tune quick|full] [--smoke]
     python -m course_lib.bench dequant-matmul [--name ...]   (chapter 11, planned: the PyTorch baseline)
@@ -15,7 +16,7 @@
     python -m course_lib.bench distill [--profile large] [--part all|white|extras|encoder|seeds] [--name ...]  (chapter 08)
 
 Each benchmark lives in the package of the chapter it serves (kernels.bench, pipeline.model_eval,
-gptq.bench, awq.bench, quant.bench, kv.bench, attention.bench, kernels.dequant_bench,
+gptq.bench, awq.bench, bnb.bench, quant.bench, kv.bench, attention.bench, kernels.dequant_bench,
 prune.sparse_bench, prune.teach, distill.experiments, distill.seeds); this module only parses the
 command line and calls it. The shared timers are in core.timing.
 """
@@ -43,6 +44,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="eval: float perplexities and lm-eval; quant: RTN/GPTQ/AWQ, keep-1%%, W8A8 (default: both)")
     rm.add_argument("--quick", action="store_true", help="a few minutes on a CPU: 4 x 128 calibration, 512 tokens")
     rm.add_argument("--name", default=None, help="result file name (default: <gpu>_smollm2, cpu_smollm2; _eval added for --part eval)")
+    bn = sub.add_parser("bnb", help="chapter 05: 16-bit vs LLM.int8() vs NF4/FP4 (memory, perplexity, time per "
+                        "token) and QLoRA vs LoRA vs full fine-tuning")
+    bn.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
+    bn.add_argument("--part", default="all", choices=["all", "speed", "finetune"])
+    bn.add_argument("--quick", action="store_true", help="fewer tokens, steps and repetitions")
+    bn.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    bn.add_argument("--name", default=None, help="result file name (default: <gpu>_bnb or cpu_bnb, _<part> added)")
     from .awq.bench import AWQ_TOOLS
     from .gptq.bench import GPTQ_TOOLS
 
@@ -127,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
             from .awq.real_bench import record_real_model
 
             record_real_model(args.name, args.device, quick=args.quick, part=args.part)
+        elif args.bench == "bnb":
+            from .bnb.bench import record_bnb
+
+            record_bnb(args.name, args.device, part=args.part, quick=args.quick, threads=args.threads)
         elif args.bench == "kv-decode":
             from .kv.bench import record_kv_decode
 

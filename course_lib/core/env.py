@@ -80,7 +80,8 @@ def apply_library_env() -> None:
 # transformers imports torchao whenever it loads a model; torchao then warns about its compiled
 # extensions built for other Python/CUDA versions (unused on CPU), and torch about torchao's enums.
 # bitsandbytes' CPU backend warns on import about an optional kernel package.
-NOISY_LOGGERS = ("torchao", "torch.utils._pytree", "bitsandbytes.backends.cpu.ops")
+# bitsandbytes.autograd: "MatMul8bitLt: inputs will be cast from float32 to float16", on every int8 matmul
+NOISY_LOGGERS = ("torchao", "torch.utils._pytree", "bitsandbytes.backends.cpu.ops", "bitsandbytes.autograd._functions")
 
 
 def quiet_library_loggers() -> None:

@@ -35,6 +35,7 @@ LIBRARIES = {
     "llmcompressor": ("llmcompressor", "compress"),
     "optimum": ("optimum", "compress"),
     "bitsandbytes": ("bitsandbytes", "compress"),
+    "peft": ("peft", "compress"),
     "torchao": ("torchao", "compress"),
     "lm_eval": ("lm-eval", "eval"),
     "triton": ("triton", "test"),

