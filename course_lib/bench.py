@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     bn.add_argument("--part", default="all", choices=["all", "speed", "finetune"])
     bn.add_argument("--quick", action="store_true", help="fewer tokens, steps and repetitions")
     bn.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    bn.add_argument("--lr-mult", type=float, default=1.0, help="--part finetune: every learning rate times this")
     bn.add_argument("--name", default=None, help="result file name (default: <gpu>_bnb or cpu_bnb, _<part> added)")
     from .awq.bench import AWQ_TOOLS
     from .gptq.bench import GPTQ_TOOLS
@@ -138,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.bench == "bnb":
             from .bnb.bench import record_bnb
 
-            record_bnb(args.name, args.device, part=args.part, quick=args.quick, threads=args.threads)
+            record_bnb(args.name, args.device, part=args.part, quick=args.quick, threads=args.threads,
+                       lr_mult=args.lr_mult)
         elif args.bench == "kv-decode":
             from .kv.bench import record_kv_decode
 

@@ -128,7 +128,8 @@ def speed_rows(device: str = "cuda", *, quick: bool = False) -> list[dict]:
     return rows
 
 
-def finetune_rows(device: str = "cuda", *, quick: bool = False) -> list[dict]:
+def finetune_rows(device: str = "cuda", *, quick: bool = False, lr_mult: float = 1.0) -> list[dict]:
+    """Each method on each model, at the plan's learning rate times `lr_mult` (full fine-tuning: a tenth of it)."""
     import torch
 
     from ..lm import models
@@ -149,7 +150,7 @@ def finetune_rows(device: str = "cuda", *, quick: bool = False) -> list[dict]:
         base_ppl = qlora.heldout_ppl(base, tok, heldout)
         del base
         for method in qlora.METHODS:
-            lr = plan["lr"] if method != "full" else plan["lr"] / 10
+            lr = lr_mult * (plan["lr"] if method != "full" else plan["lr"] / 10)
             cfg = qlora.FinetuneConfig(method=method, steps=plan["steps"], batch_size=plan["batch_size"],
                                        seq_len=plan["seq_len"], lr=lr,
                                        optimizer=("paged_adamw8bit" if cuda else "adamw8bit") if method != "full"
@@ -165,31 +166,31 @@ def finetune_rows(device: str = "cuda", *, quick: bool = False) -> list[dict]:
                                              device=device)
             run = qlora.train(model, train_ids, cfg, progress=False)
             row = {"model": name, "method": method, "steps": cfg.steps, "batch": cfg.batch_size, "seq": cfg.seq_len,
-                   "lr": cfg.lr, "optimizer": cfg.optimizer, "trainable": run.trainable,
+                   "lr": cfg.lr, "lr mult": lr_mult, "optimizer": cfg.optimizer, "trainable": run.trainable,
                    "base ppl": base_ppl, "held-out ppl": qlora.heldout_ppl(model, tok, heldout),
                    "first loss": statistics.mean(run.losses[:5]), "last loss": statistics.mean(run.losses[-5:]),
                    "s": run.seconds, "peak MB": torch.cuda.max_memory_allocated() / 1e6 if cuda else None}
             row.update({f"{k} MB": v / 1e6 for k, v in measured.items() if isinstance(v, (int, float))
-                        and k not in ("loss",) and v is not None})
+                        and k not in ("loss", "trainable_params") and v is not None})
             rows.append(row)
             print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
             del model
     return rows
 
 
-def run(device: str = "cuda", *, part: str = "all", quick: bool = False) -> list[dict]:
+def run(device: str = "cuda", *, part: str = "all", quick: bool = False, lr_mult: float = 1.0) -> list[dict]:
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}; got {part!r}.")
     rows = []
     if part in ("all", "speed"):
         rows += [{"kind": "speed", **r} for r in speed_rows(device, quick=quick)]
     if part in ("all", "finetune"):
-        rows += [{"kind": "finetune", **r} for r in finetune_rows(device, quick=quick)]
+        rows += [{"kind": "finetune", **r} for r in finetune_rows(device, quick=quick, lr_mult=lr_mult)]
     return rows
 
 
 def record_bnb(name: str | None = None, device: str = "cuda", *, part: str = "all", quick: bool = False,
-               threads: int | None = None) -> None:
+               threads: int | None = None, lr_mult: float = 1.0) -> None:
     import torch
 
     from ..core.env import require_cuda
@@ -200,12 +201,14 @@ def record_bnb(name: str | None = None, device: str = "cuda", *, part: str = "al
         require_cuda("The bitsandbytes GPU record")
     if threads:
         torch.set_num_threads(threads)
-    name = name or f"{device_slug() if device == 'cuda' else 'cpu'}_bnb" + ("" if part == "all" else f"_{part}")
-    rows = run(device, part=part, quick=quick)
+    name = name or (f"{device_slug() if device == 'cuda' else 'cpu'}_bnb" + ("" if part == "all" else f"_{part}")
+                    + ("" if lr_mult == 1 else f"_lr{lr_mult:g}"))
+    rows = run(device, part=part, quick=quick, lr_mult=lr_mult)
     path = save_result(name, rows, description=DESCRIPTION,
                        summary={"quick": quick, "cpu_threads": torch.get_num_threads(), "part": part},
                        command=f"python -m course_lib.bench bnb --part {part} --device {device} --name {name}"
-                               + (" --quick" if quick else "") + (f" --threads {threads}" if threads else ""))
+                               + (" --quick" if quick else "") + (f" --threads {threads}" if threads else "")
+                               + ("" if lr_mult == 1 else f" --lr-mult {lr_mult:g}"))
     print(f"wrote {path}")
     for row in rows:
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})

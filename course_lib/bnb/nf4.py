@@ -61,7 +61,7 @@ def _check_blocksize(blocksize: int) -> None:
 def quantize_blockwise(x: torch.Tensor, code: torch.Tensor, blocksize: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the nearest code value to x / absmax of its block: (uint8 indices, shape of x; float32 absmax
     per block). x is read flat; a last, shorter block gets its own absmax."""
-    flat = x.reshape(-1).float()
+    flat, code = x.reshape(-1).float(), code.to(x.device)
     n_blocks = -(-flat.numel() // blocksize)
     padded = torch.nn.functional.pad(flat, (0, n_blocks * blocksize - flat.numel()))
     blocks = padded.view(n_blocks, blocksize)
@@ -75,9 +75,9 @@ def quantize_blockwise(x: torch.Tensor, code: torch.Tensor, blocksize: int) -> t
 
 def dequantize_blockwise(idx: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: int) -> torch.Tensor:
     """code[idx] · absmax of its block, float32, idx's shape."""
-    vals = code[idx.reshape(-1).long()]
+    vals = code.to(idx.device)[idx.reshape(-1).long()]
     block_of = torch.arange(vals.numel(), device=vals.device) // blocksize
-    return (vals * absmax[block_of]).reshape(idx.shape)
+    return (vals * absmax.to(idx.device)[block_of]).reshape(idx.shape)
 
 
 def pack_nibbles(idx: torch.Tensor, fill: int = 0) -> torch.Tensor:

@@ -11,6 +11,8 @@ trained on): the first 85% of its tokens to train on, the last 15% to evaluate.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -106,7 +108,10 @@ def prepare(name: str | None, config: FinetuneConfig, *, device="cpu", dtype: to
         model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
     lora = LoraConfig(r=config.r, lora_alpha=config.alpha, lora_dropout=0.0, target_modules=config.target,
                       task_type="CAUSAL_LM")
-    return get_peft_model(model, lora)
+    # peft checks whether each layer is one of GPTQModel's, importing GPTQModel when it is installed: its banner
+    # and log lines go to stdout. Keep them out of the notebook.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return get_peft_model(model, lora)
 
 
 def make_optimizer(params, name: str, lr: float, device) -> torch.optim.Optimizer:
@@ -125,6 +130,12 @@ def make_optimizer(params, name: str, lr: float, device) -> torch.optim.Optimize
     return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=0.0)
 
 
+def parameter_count(p: torch.Tensor) -> int:
+    """Values a parameter stands for: a bitsandbytes 4-bit weight stores two per byte (its numel is the bytes)."""
+    state = getattr(p, "quant_state", None)
+    return math.prod(state.shape) if state is not None else p.numel()
+
+
 def train(model: nn.Module, stream: torch.Tensor, config: FinetuneConfig, *, progress: bool = True) -> FinetuneRun:
     """config.steps steps of next-token cross-entropy on random windows of `stream`, constant learning rate."""
     from tqdm.auto import tqdm
@@ -134,7 +145,7 @@ def train(model: nn.Module, stream: torch.Tensor, config: FinetuneConfig, *, pro
     optimizer = make_optimizer(params, config.optimizer, config.lr, device)
     generator = torch.Generator().manual_seed(config.seed)
     run = FinetuneRun(config, model, trainable=sum(p.numel() for p in params),
-                      total=sum(p.numel() for p in model.parameters()))
+                      total=sum(parameter_count(p) for p in model.parameters()))
     model.train()
     start = time.perf_counter()
     for _ in tqdm(range(config.steps), desc=f"{config.method} fine-tune", disable=not progress):
