@@ -71,18 +71,9 @@ def test_int8_matches_bitsandbytes_linear8bitlt(seed):
     x = torch.randn(2, 10, 256)
     x[:, :, torch.randperm(256)[:3]] *= 20
     x[0, 0, 7] = 6.0
-    layer = library.bnb_linear8(lin, threshold=6.0)
-    with torch.no_grad():
-        theirs = layer(x.half())
-    ours = int8.llm_int8_linear(x.half(), lin.weight.detach(), lin.bias.detach(), threshold=6.0)
-    assert torch.equal(layer.state.idx.cpu(), ours.outlier_cols)
-    assert torch.equal(layer.weight.data, int8.Int8Weight.from_float(lin.weight.detach()).codes)
-    # Rounding differences only: bitsandbytes rescales with 6.200124e-05, not 1/127^2 = 6.2000124e-05, and sums the
-    # 16-bit part in another order. Measured against the float16 step of each token's largest output (a small output
-    # that is the difference of large terms carries their rounding).
-    step = torch.finfo(torch.float16).eps * theirs.float().abs().amax(dim=-1, keepdim=True)
-    worst = ((ours.out.float() - theirs.float()).abs() / step).max().item()
-    assert worst <= 1, f"{worst} float16 steps apart"
+    row = library.compare_int8(lin, x, threshold=6.0)
+    assert row["same outlier columns"] and row["same int8 weight"]
+    assert row["max difference, in float16 steps"] <= 1, row
 
 
 # ---------------------------------------------------------------- NF4 / FP4

@@ -159,8 +159,7 @@ def finetune_rows(device: str = "cuda", *, quick: bool = False, lr_mult: float =
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
             model = qlora.prepare(name, cfg, device=device, dtype=dtype)
-            x = torch.arange(cfg.batch_size * cfg.seq_len).reshape(cfg.batch_size, cfg.seq_len) % len(train_ids)
-            batch = train_ids[x].to(device)
+            batch = train_ids[: cfg.batch_size * cfg.seq_len].reshape(cfg.batch_size, cfg.seq_len).to(device)
             measured = measure_training_step(model, {"input_ids": batch, "labels": batch},
                                              lambda ps, c=cfg: qlora.make_optimizer(ps, c.optimizer, c.lr, device),
                                              device=device)
@@ -209,6 +208,4 @@ def record_bnb(name: str | None = None, device: str = "cuda", *, part: str = "al
                        command=f"python -m course_lib.bench bnb --part {part} --device {device} --name {name}"
                                + (" --quick" if quick else "") + (f" --threads {threads}" if threads else "")
                                + ("" if lr_mult == 1 else f" --lr-mult {lr_mult:g}"))
-    print(f"wrote {path}")
-    for row in rows:
-        print({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+    print(f"wrote {path}")  # the rows were printed as they were measured

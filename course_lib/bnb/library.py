@@ -8,30 +8,27 @@ The course never relies on the defaults: ``bnb_config`` spells every field out.
 
 from __future__ import annotations
 
-import warnings
+import copy
 
 import torch
 from torch import nn
 
-from ..core.optional import install_hint
 from ..lm.errors import ModelUnavailableError
 
 KINDS = ("int8", "nf4", "fp4")
 
 
 def import_bnb():
-    """bitsandbytes, imported quietly, or a ModuleNotFoundError that says how to install it."""
+    """bitsandbytes, imported quietly (formats.import_bitsandbytes_functional), or a ModuleNotFoundError that says
+    how to install it."""
+    import sys
+
     from ..core.env import quiet_library_loggers
+    from ..formats import import_bitsandbytes_functional
 
     quiet_library_loggers()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            import bitsandbytes
-        except ImportError as err:
-            raise ModuleNotFoundError("bitsandbytes is not installed in this kernel: "
-                                      f"{install_hint(['bitsandbytes'])}, then restart the kernel.") from err
-    return bitsandbytes
+    import_bitsandbytes_functional()
+    return sys.modules["bitsandbytes"]
 
 
 def check_device(device) -> None:
@@ -110,6 +107,27 @@ def bnb_linear8(linear: nn.Linear, threshold: float = 6.0) -> nn.Module:
                                 has_fp16_weights=False, threshold=threshold)
     layer.load_state_dict(linear.state_dict())
     return layer.to(linear.weight.device).eval()
+
+
+def compare_int8(linear: nn.Linear, x: torch.Tensor, threshold: float = 6.0) -> dict:
+    """The course's LLM.int8() next to bitsandbytes' Linear8bitLt on one layer and input, in float16.
+
+    Outputs differ only by rounding (bitsandbytes rescales with 6.200124e-05, not 1/127^2 = 6.2000124e-05, and
+    adds the 16-bit part in another order), so they are compared in float16 steps of each token's largest output:
+    a small output that is the difference of large terms carries their rounding.
+    """
+    from .int8 import Int8Weight, llm_int8_linear
+
+    linear = copy.deepcopy(linear).half()
+    layer = bnb_linear8(linear, threshold)
+    with torch.no_grad():
+        theirs = layer(x.half()).float()
+    w, b = linear.weight.detach(), None if linear.bias is None else linear.bias.detach()
+    ours = llm_int8_linear(x.half(), w, b, threshold=threshold)
+    step = torch.finfo(torch.float16).eps * theirs.abs().amax(dim=-1, keepdim=True)
+    return {"same outlier columns": torch.equal(layer.state.idx.cpu(), ours.outlier_cols.cpu()),
+            "same int8 weight": torch.equal(layer.weight.data.cpu(), Int8Weight.from_float(w).codes.cpu()),
+            "max difference, in float16 steps": ((ours.out.float() - theirs).abs() / step).max().item()}
 
 
 def bnb_quantize_4bit(w: torch.Tensor, quant_type: str = "nf4", blocksize: int = 64, double_quant: bool = True):

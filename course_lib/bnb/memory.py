@@ -24,9 +24,11 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from ..formats.demos import nf4_bits_per_param
+
 GB = 1e9
 # NF4 with double quantization: 4 bits + an 8-bit absmax per 64 weights + an fp32 scale per 256 absmaxes.
-NF4_DQ_BITS = 4 + 8 / 64 + 32 / (64 * 256)
+NF4_DQ_BITS = nf4_bits_per_param(64, double_quant=True, block2=256)
 # Optimizer state bytes per trainable parameter. AdamW: two fp32 moments (m, v). bitsandbytes' 8-bit
 # AdamW: two 1-byte moments (its per-2048-block fp32 absmax, 8/2048 bytes, is left out). SGD: none.
 OPTIMIZER_BYTES = {"adamw": 8.0, "adamw8bit": 2.0, "sgd": 0.0}

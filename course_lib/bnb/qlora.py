@@ -15,7 +15,7 @@ import contextlib
 import io
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -212,25 +212,4 @@ def merge_report(peft_model: nn.Module, name: str | None, tokenizer, heldout: to
         if how == "nf4":
             row["rounding / update"] = math.sqrt(err_num / max(err_den, 1e-30))
         rows.append(row)
-    return rows
-
-
-def compare_methods(name: str | None, tokenizer, train_ids: torch.Tensor, heldout: torch.Tensor,
-                    config: FinetuneConfig, *, methods=("qlora", "lora", "full"), device="cpu",
-                    lr: dict | None = None, progress: bool = False) -> list[dict]:
-    """Base perplexity, then each method's held-out perplexity after the same number of steps on the same windows."""
-    from ..lm import models
-
-    base, _ = models.load_model(name, device=device, dtype=torch.float32)
-    rows = [{"method": "base (float32)", "trainable": 0, "held-out ppl": heldout_ppl(base, tokenizer, heldout),
-             "first loss": float("nan"), "last loss": float("nan"), "s": 0.0}]
-    del base
-    for method in methods:
-        cfg = replace(config, method=method, lr=(lr or {}).get(method, config.lr),
-                      optimizer=config.optimizer if method != "full" else "adamw")
-        model = prepare(name, cfg, device=device)
-        run = train(model, train_ids, cfg, progress=progress)
-        rows.append({"method": method, "trainable": run.trainable, "held-out ppl": heldout_ppl(model, tokenizer, heldout),
-                     "first loss": sum(run.losses[:5]) / len(run.losses[:5]),
-                     "last loss": sum(run.losses[-5:]) / len(run.losses[-5:]), "s": run.seconds})
     return rows

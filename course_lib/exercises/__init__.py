@@ -38,19 +38,25 @@ def check_cases(
 ) -> bool:
     """Run fn(*args) for each (args, expected); print the outcome; True when all match."""
     for args, expected in cases:
-        try:
-            got = fn(*args)
-        except NotImplementedError:
-            print(f"[ ] {title}: not attempted yet. Write your solution above and run this cell again.")
-            return False
-        except Exception as exc:  # the learner's code failed: say how, don't crash the notebook
-            print(f"[x] {title}: calling it with {args} raised {type(exc).__name__}: {exc}")
+        ok, got = _call(title, fn, args, f"calling it with {args}")
+        if not ok:
             return False
         if not _close(got, expected, rel):
             print(f"[x] {title}: for {args} expected {expected!r}, got {got!r}." + (f" Hint: {hint}" if hint else ""))
             return False
     print(f"[ok] {title}: correct ({len(cases)} cases).")
     return True
+
+
+def _call(title: str, fn: Callable[..., Any], args: tuple, where: str) -> tuple[bool, Any]:
+    """(True, fn(*args)), or (False, None) after printing "not attempted yet" (the stub) or the learner's error."""
+    try:
+        return True, fn(*args)
+    except NotImplementedError:
+        print(f"[ ] {title}: not attempted yet. Write your solution above and run this cell again.")
+    except Exception as exc:  # the learner's code failed: say how, don't crash the notebook
+        print(f"[x] {title}: {where} raised {type(exc).__name__}: {exc}")
+    return False, None
 
 
 def _close(got: Any, expected: Any, rel: float) -> bool:
@@ -89,13 +95,8 @@ def check_tensor_cases(
     for i, args in enumerate(cases):
         label = labels[i] if labels is not None else _describe_args(args)
         expected = reference(*_clone_args(args))
-        try:
-            got = fn(*_clone_args(args))
-        except NotImplementedError:
-            print(f"[ ] {title}: not attempted yet. Write your solution above and run this cell again.")
-            return False
-        except Exception as exc:  # the learner's code failed: say how, don't crash the notebook
-            print(f"[x] {title}: for {label} it raised {type(exc).__name__}: {exc}")
+        ok, got = _call(title, fn, _clone_args(args), f"for {label} it")
+        if not ok:
             return False
         try:
             problem, comparable = _tensor_mismatch(got, expected, atol, rtol, torch)
