@@ -4,7 +4,7 @@ The layers (README, "How the code is organised"), lowest first:
   core      the course's infrastructure: environment, profiles, canonical runs, tables, plots, results, timers
   lm        the course's language model as the chapters use it: loading, tokens, blocks, perplexity, lm-eval
   pipeline  how the bundled model was built: corpus, tokenizer, training run, card, baselines
-  chapters  one package per chapter or idea (formats, quant, gptq, awq, bnb, prune, distill, kv, attention, kernels)
+  chapters  one package per chapter or idea (formats, quant, gptq, awq, bnb, prune, distill, kv, attention, kernels, memory)
   top       the command line (bench) and the exercises, which may use everything
 
 Imports are read from the source (ast), including the ones inside functions: a lazy import is still
@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "course_lib"
 LAYERS = {"core": 0, "lm": 1, "pipeline": 2}
-CHAPTERS = ("formats", "quant", "gptq", "awq", "bnb", "prune", "distill", "kv", "attention", "kernels")
+CHAPTERS = ("formats", "quant", "gptq", "awq", "bnb", "prune", "distill", "kv", "attention", "kernels", "memory")
 TOP = ("bench", "exercises", "__init__")
 
 
