@@ -10,15 +10,17 @@
     python -m course_lib.bench bnb [--device cuda|cpu] [--part all|speed|finetune] [--quick] [--threads N]  (chapter 05)
     python -m course_lib.bench kv-decode [--device cpu|cuda] [--model tiny] [--threads 2] [--name ...]
     python -m course_lib.bench attention [--name ...] [--tune quick|full] [--smoke]
-    python -m course_lib.bench dequant-matmul [--name ...]   (chapter 11, planned: the PyTorch baseline)
+    python -m course_lib.bench dequant-matmul [--name ...]   (chapter 11: the PyTorch baseline)
+    python -m course_lib.bench memory [--name ...] [--quick]   (chapter 11: the estimator against the GPU allocator)
+    python -m course_lib.bench w4a16 [--name ...] [--quick] [--parts step ladder ...]  (chapter 11: the fused kernel)
     python -m course_lib.bench sparse24 [--name ...]
     python -m course_lib.bench prune-sweep [--threads 1] [--name ...]     (CPU: chapter 07's perplexity sweep)
     python -m course_lib.bench distill [--profile large] [--part all|white|extras|encoder|seeds] [--name ...]  (chapter 08)
 
 Each benchmark lives in the package of the chapter it serves (kernels.bench, pipeline.model_eval,
 gptq.bench, awq.bench, bnb.bench, quant.bench, kv.bench, attention.bench, kernels.dequant_bench,
-prune.sparse_bench, prune.teach, distill.experiments, distill.seeds); this module only parses the
-command line and calls it. The shared timers are in core.timing.
+kernels.w4a16_bench, memory.measure, prune.sparse_bench, prune.teach, distill.experiments,
+distill.seeds); this module only parses the command line and calls it. The shared timers are in core.timing.
 """
 
 from __future__ import annotations
@@ -96,9 +98,19 @@ def main(argv: list[str] | None = None) -> int:
     at.add_argument("--tune", choices=("quick", "full"), default=None,
                     help="the course kernel's autotuning: 2 or 7 configurations (default: COURSE_FLASH_TUNE, else full)")
     at.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks the code, records nothing real")
-    dq = sub.add_parser("dequant-matmul", help="chapter 11 (planned): 4-bit dequantize-then-matmul in PyTorch vs fp16 "
+    dq = sub.add_parser("dequant-matmul", help="chapter 11: 4-bit dequantize-then-matmul in PyTorch vs fp16 "
                         "cuBLAS at Llama-3-8B decode shapes")
     dq.add_argument("--name", default=None, help="result file name (default: <gpu>_dequant_matmul)")
+    me = sub.add_parser("memory", help="chapter 11: estimated memory vs the CUDA allocator's peak over models x "
+                        "dtypes x batches x contexts, prefill and decode")
+    me.add_argument("--name", default=None, help="result file name (default: <gpu>_memory)")
+    me.add_argument("--quick", action="store_true", help="two small models, batches 1 and 4, contexts 128 and 1024")
+    wq = sub.add_parser("w4a16", help="chapter 11: the fused W4A16 Triton kernel vs fp16 cuBLAS on a Llama-3-8B "
+                        "decode step (CUDA graphs), the tricks one by one, prefill, end to end")
+    wq.add_argument("--name", default=None, help="result file name (default: <gpu>_w4a16)")
+    wq.add_argument("--quick", action="store_true", help="8 layers, batches 1 and 16, fewer repetitions")
+    wq.add_argument("--parts", nargs="+", default=[],
+                    choices=["step", "per_linear", "ladder", "fused", "bf16", "prefill", "end_to_end"])
     sp = sub.add_parser("sparse24", help="2:4 sparse (cuSPARSELt, CUTLASS) vs dense vs CSR matmuls at Llama shapes")
     sp.add_argument("--name", default=None, help="result file name (default: <gpu>_sparse24)")
     ps = sub.add_parser("prune-sweep", help="chapter 07: perplexity of the course model pruned by magnitude, Wanda "
@@ -153,6 +165,14 @@ def main(argv: list[str] | None = None) -> int:
             from .kernels.dequant_bench import record_dequant_matmul
 
             record_dequant_matmul(args.name)
+        elif args.bench == "memory":
+            from .memory.measure import record_memory
+
+            record_memory(args.name, args.quick)
+        elif args.bench == "w4a16":
+            from .kernels.w4a16_bench import record_w4a16
+
+            record_w4a16(args.name, args.quick, tuple(args.parts))
         elif args.bench == "sparse24":
             from .prune.sparse_bench import record_sparse24
 
