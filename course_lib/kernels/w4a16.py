@@ -56,7 +56,10 @@ except ImportError:  # CPU-only installs without Triton: the kernels are defined
     triton = None
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
-FUSED_MAX_TOKENS = 16  # above this many rows, de-quantizing once and calling cuBLAS wins (measured: see the bench)
+# Up to this many rows the fused kernel beats de-quantizing into fp16 and calling cuBLAS (H200, Llama-3-8B's gate
+# projection: 1.06 against 1.25 ms at 512 tokens, 2.11 against 1.33 ms at 1024; the bench's ``prefill`` part)
+FUSED_MAX_TOKENS = 512
+TUNE_MAX_TOKENS = 16  # w4a16_matmul autotunes decode shapes only (a few rows); larger calls take default_config
 _V1_ONES = 0x11111111  # GPTQ "v1" stores each zero point minus one: add one to every nibble, on the whole word
 
 
@@ -535,7 +538,7 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, q
         key = tune_key(m, n, k, group_size, x.dtype)
         config = _TUNED.get(key)
         if config is None:
-            if autotune and m <= FUSED_MAX_TOKENS and x.is_cuda and not torch.cuda.is_current_stream_capturing():
+            if autotune and m <= TUNE_MAX_TOKENS and x.is_cuda and not torch.cuda.is_current_stream_capturing():
                 config = tune(x2, qweight, scales, qzeros, group_size)
             else:
                 config = default_config(m, n, k, group_size)
@@ -548,9 +551,11 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, q
 class W4A16Linear(torch.nn.Module):
     """A linear layer with 4-bit GPTQ-packed weights: the fused kernel for decode, cuBLAS for prefill.
 
-    Up to ``fused_max_tokens`` rows (decoding a batch), the fused kernel reads the packed weights. Above
-    it (prefill), the kernel's advantage is gone: the step is no longer bound by weight bytes, and a
-    cuBLAS matmul on a weight de-quantized once per call is faster (the benchmark finds the crossing).
+    Up to ``fused_max_tokens`` rows the fused kernel reads the packed weights. Above it (a long prefill)
+    the step is no longer bound by weight bytes, and a cuBLAS matmul on a weight de-quantized once per
+    call is faster (the benchmark's ``prefill`` part finds the crossing: between 512 and 1024 tokens on
+    an H200). Note that the fused kernel already loses to an fp16 weight from about 4 rows there: 4-bit
+    weights pay for themselves in memory, and in speed only at batch 1 to 2.
     """
 
     def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor, group_size: int,

@@ -293,8 +293,8 @@ def prefill_rows(tokens=(1, 4, 16, 32, 64, 128, 256, 512, 1024, 4096), reps: int
     for m in tokens:
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
         qw, s, qz = packed[0]
-        cfg = W.tune(x, qw, s, qz, GROUP) if m <= W.FUSED_MAX_TOKENS else W.default_config(m, n, k, GROUP)
-        if m > W.FUSED_MAX_TOKENS:
+        cfg = W.tune(x, qw, s, qz, GROUP) if m <= W.TUNE_MAX_TOKENS else W.default_config(m, n, k, GROUP)
+        if m > W.TUNE_MAX_TOKENS:
             cfg = replace(cfg, dot=True)
         t_fp16 = graph_ms(lambda: [F.linear(x, w) for w in dense], reps=reps) / copies
         t_fused = graph_ms(lambda: [W.launch(x, q, sc, z, GROUP, cfg) for q, sc, z in packed], reps=reps) / copies

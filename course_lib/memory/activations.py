@@ -90,7 +90,8 @@ def _math_sdpa(shape: ModelShape, batch: int, q_len: int, kv_len: int, dtype_byt
     if shape.q_heads != shape.kv_heads:
         live["math sdpa: K, V repeated to query heads"] = 2 * expanded
     at_matmul = q_acc + expanded + scores  # q reshaped for bmm (a copy: q is head-transposed), k^T x scale, scores
-    at_softmax = 3 * scores + scores / acc  # input, softmax, where() result, and the bool mask of -inf entries
+    # softmax's input and output, plus the bool mask of -inf entries; the H200 grid shows no third score tensor
+    at_softmax = 2 * scores + scores / acc
     live["math sdpa: scores, softmax (peak of matmul / softmax)"] = max(at_matmul, at_softmax)
     return live
 

@@ -114,13 +114,30 @@ def sdpa_choice(model) -> str:
 
 # ----------------------------------------------------------------------------- the grid
 
-def _random_model(fields: dict, dtype: torch.dtype):
-    """Random weights in a published shape, initialised on the GPU (no download; its tokens mean nothing)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+def _config(fields: dict):
+    """A transformers config from a dict of published fields (the ones that describe the architecture)."""
+    from transformers import AutoConfig
 
     fields = {k: v for k, v in fields.items() if not k.startswith("_") and k not in sizes.NOT_ARCHITECTURE}
     config = AutoConfig.for_model(fields.pop("model_type", "llama"), **fields)
     config.bos_token_id, config.eos_token_id, config.pad_token_id = 0, None, 0
+    return config
+
+
+def grid_configs() -> dict:
+    """label -> config for the random-weight shapes of the grid (no weights, so it works on any machine)."""
+    from ..kv.bench import LLAMA_1B_SHAPE
+
+    return {"llama-1b-shape": _config({**LLAMA_1B_SHAPE, "tie_word_embeddings": True}),
+            "llama-3b-shape": _config(LLAMA_3B_SHAPE),
+            "llama-3-8b-shape": _config(sizes.load_config("Meta-Llama-3-8B"))}
+
+
+def _random_model(fields: dict, dtype: torch.dtype):
+    """Random weights in a published shape, initialised on the GPU (no download; its tokens mean nothing)."""
+    from transformers import AutoModelForCausalLM
+
+    config = _config(fields)
     torch.manual_seed(0)
     with torch.device("cuda"):
         return AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa").eval()
@@ -196,6 +213,37 @@ def grid_rows(*, quick: bool = False, batches=BATCHES, contexts=CONTEXTS, phases
         gc.collect()
         torch.cuda.empty_cache()
     return rows
+
+
+def recheck_recorded(rows: list[dict], configs: dict) -> list[dict]:
+    """The recorded peaks against today's estimate: the GPU measured once, the estimate is recomputed here.
+
+    configs: label -> transformers config for every model in `rows` (``grid_configs()`` plus the
+    bundled and real models' own). Rows of a model without a config are left out.
+    """
+    out = []
+    for r in rows:
+        if r["model"] not in configs:
+            continue
+        est = estimate(configs[r["model"]], batch=r["batch"], context=r["context"], phase=r["phase"],
+                       dtype=getattr(torch, r["dtype"]))
+        out.append({**r, "recorded estimate GiB": r["estimate GiB"], "estimate GiB": est.total_allocator / GIB,
+                    "error %": 100 * (est.total_allocator / GIB - r["measured GiB"]) / r["measured GiB"],
+                    "moment": est.moment, "backend": est.backend})
+    return out
+
+
+def error_table(rows: list[dict]) -> list[dict]:
+    """Per model and dtype: how many grid points, the median and worst |error| of the estimate, and the worst case."""
+    out = []
+    for key in dict.fromkeys((r["model"], r["dtype"]) for r in rows):
+        mine = [r for r in rows if (r["model"], r["dtype"]) == key]
+        worst = max(mine, key=lambda r: abs(r["error %"]))
+        out.append({"model": key[0], "dtype": key[1], "points": len(mine),
+                    "median |error| %": statistics.median(abs(r["error %"]) for r in mine),
+                    "worst error %": worst["error %"],
+                    "worst at": f"batch {worst['batch']}, {worst['context']} tokens, {worst['phase']}"})
+    return out
 
 
 def summary(rows: list[dict]) -> dict:
