@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                         "dtypes x batches x contexts, prefill and decode")
     me.add_argument("--name", default=None, help="result file name (default: <gpu>_memory)")
     me.add_argument("--quick", action="store_true", help="two small models, batches 1 and 4, contexts 128 and 1024")
+    me.add_argument("--models", nargs="+", default=None, help="only these models of the grid, e.g. smollm2-135m")
     wq = sub.add_parser("w4a16", help="chapter 11: the fused W4A16 Triton kernel vs fp16 cuBLAS on a Llama-3-8B "
                         "decode step (CUDA graphs), the tricks one by one, prefill, end to end")
     wq.add_argument("--name", default=None, help="result file name (default: <gpu>_w4a16)")
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.bench == "memory":
             from .memory.measure import record_memory
 
-            record_memory(args.name, args.quick)
+            record_memory(args.name, args.quick, models=args.models)
         elif args.bench == "w4a16":
             from .kernels.w4a16_bench import record_w4a16
 

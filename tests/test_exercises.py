@@ -1,13 +1,12 @@
 """Every exercise check passes its reference solution and fails the empty stub."""
 
 import importlib
-import importlib.util
 import pkgutil
 
 import pytest
 
 import course_lib.exercises as exercises
-from course_lib.core.env import REPO_ROOT
+from course_lib.exercises import load_solutions
 
 CHAPTERS = [m.name for m in pkgutil.iter_modules(exercises.__path__) if m.name.startswith("ch")]
 CASES = [
@@ -15,14 +14,6 @@ CASES = [
     for chapter in CHAPTERS
     for name in importlib.import_module(f"course_lib.exercises.{chapter}").EXERCISES
 ]
-
-
-def load_solutions(chapter):
-    path = REPO_ROOT / "solutions" / f"{chapter}.py"
-    spec = importlib.util.spec_from_file_location(f"solutions_{chapter}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def stub(*args, **kwargs):

@@ -7,7 +7,6 @@ and a 1% error or an exception fails.)
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import time
 
@@ -16,22 +15,14 @@ import torch
 
 from course_lib.bnb import int8 as bnb_int8
 from course_lib.bnb import nf4 as bnb_nf4
-from course_lib.core.env import REPO_ROOT
-from course_lib.exercises import ch05, check_tensor_cases
+from course_lib.exercises import ch05, check_tensor_cases, load_solutions
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 NF4 = bnb_nf4.code_values("nf4")
 
 
-def load_solutions():
-    spec = importlib.util.spec_from_file_location("solutions_ch05_tests", REPO_ROOT / "solutions" / "ch05.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SOL = load_solutions()
+SOL = load_solutions("ch05")
 
 
 def run(check, fn, capsys) -> tuple[bool, str]:

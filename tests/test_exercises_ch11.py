@@ -7,7 +7,6 @@ and a 1% error or an exception fails.)
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import time
 
@@ -15,21 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from course_lib.core.env import REPO_ROOT
-from course_lib.exercises import ch11
+from course_lib.exercises import ch11, load_solutions
 from course_lib.gptq.qlinear import unpack_rows
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def load_solutions():
-    spec = importlib.util.spec_from_file_location("solutions_ch11_tests", REPO_ROOT / "solutions" / "ch11.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SOL = load_solutions()
+SOL = load_solutions("ch11")
 
 
 def run(check, fn, capsys) -> tuple[bool, str]:
@@ -150,14 +141,6 @@ DEQUANT_MISTAKES = [
 ]
 
 
-@pytest.mark.parametrize("wrong, named", DEQUANT_MISTAKES, ids=[f.__name__ for f, _ in DEQUANT_MISTAKES])
-def test_dequantize_wrong_solution_fails_and_the_hint_names_the_mistake(wrong, named, capsys):
-    ok, out = run(ch11.check_dequantize_int4, wrong, capsys)
-    assert ok is False
-    assert out.startswith("[x] dequantize_int4: for ") and "Hint: " in out
-    assert named in hint_of(out), out
-
-
 def test_dequantize_transposed_gets_the_shape_message(capsys):
     ok, out = run(ch11.check_dequantize_int4, dq_transposed, capsys)
     assert not ok and "expected a tensor of shape (128, 8), got one of shape (8, 128)" in out
@@ -207,13 +190,6 @@ def _dq_course_lib(qweight, scales, zeros, group_size):
     # a correct variant from course_lib's unpack_rows
     g = torch.arange(8 * qweight.shape[0]) // group_size
     return scales.float()[g] * (unpack_rows(qweight, 4) - zeros[g]).float()
-
-
-@pytest.mark.parametrize("variant", [SOL.dequantize_int4, _dq_vectorised, _dq_unsigned_words, _dq_course_lib],
-                         ids=["solution", "vectorised", "unsigned_words", "course_lib"])
-def test_dequantize_correct_variants_pass(variant, capsys):
-    ok, out = run(ch11.check_dequantize_int4, variant, capsys)
-    assert ok is True and out == "[ok] dequantize_int4: correct (18 cases).\n", out
 
 
 def test_dequantize_cases_cover_shapes_seeds_and_edges():
@@ -344,11 +320,16 @@ MATMUL_MISTAKES = [
 ]
 
 
-@pytest.mark.parametrize("wrong, named", MATMUL_MISTAKES, ids=[f.__name__ for f, _ in MATMUL_MISTAKES])
-def test_matmul_wrong_solution_fails_and_the_hint_names_the_mistake(wrong, named, capsys):
-    ok, out = run(ch11.check_packed_matmul, wrong, capsys)
+MISTAKES = [(name, wrong, named) for name, mistakes in (("dequantize_int4", DEQUANT_MISTAKES),
+                                                          ("packed_matmul", MATMUL_MISTAKES))
+            for wrong, named in mistakes]
+
+
+@pytest.mark.parametrize("name, wrong, named", MISTAKES, ids=[f"{n}-{w.__name__}" for n, w, _ in MISTAKES])
+def test_wrong_solution_fails_and_the_hint_names_the_mistake(name, wrong, named, capsys):
+    ok, out = run(ch11.EXERCISES[name], wrong, capsys)
     assert ok is False
-    assert out.startswith("[x] packed_matmul: for ") and "Hint: " in out
+    assert out.startswith(f"[x] {name}: for ") and "Hint: " in out
     assert named in hint_of(out), out
 
 
@@ -381,11 +362,15 @@ def _mm_einsum(x, qweight, scales, zeros, group_size):
     return (dots * s - xg.sum(-1, keepdim=True) * z * s).sum(dim=1)
 
 
-@pytest.mark.parametrize("variant", [SOL.packed_matmul, _mm_full_weight, _mm_zero_inside, _mm_einsum],
-                         ids=["solution", "full_weight", "zero_inside", "einsum"])
-def test_matmul_correct_variants_pass(variant, capsys):
-    ok, out = run(ch11.check_packed_matmul, variant, capsys)
-    assert ok is True and out == "[ok] packed_matmul: correct (18 cases).\n", out
+CORRECT = {"dequantize_int4": [SOL.dequantize_int4, _dq_vectorised, _dq_unsigned_words, _dq_course_lib],
+           "packed_matmul": [SOL.packed_matmul, _mm_full_weight, _mm_zero_inside, _mm_einsum]}
+
+
+@pytest.mark.parametrize("name, variant", [(n, v) for n, vs in CORRECT.items() for v in vs],
+                         ids=lambda v: v if isinstance(v, str) else v.__name__)
+def test_correct_variants_pass(name, variant, capsys):
+    ok, out = run(ch11.EXERCISES[name], variant, capsys)
+    assert ok is True and out == f"[ok] {name}: correct (18 cases).\n", out
 
 
 def test_matmul_cases_cover_shapes_seeds_and_edges():

@@ -237,3 +237,18 @@ def test_the_recorded_h200_grid_is_within_five_percent_of_todays_estimate():
     # the fp32 prefill points through math SDPA were the misses of the first estimate (one score tensor too many)
     fixed = [r for r in checked if r["backend"] == "math" and r["phase"] == "prefill" and r["context"] >= 1024]
     assert fixed and all(abs(r["recorded estimate GiB"] - r["measured GiB"]) > 0.05 * r["measured GiB"] for r in fixed[:3])
+
+
+def test_the_smollm2_shape_is_the_real_model_shape():
+    """The GPU grid measures a random-weight copy of SmolLM2-135M (its 93 MB wheel does not travel to the GPU)."""
+    from course_lib.lm.errors import ModelUnavailableError
+    from course_lib.lm.models import load_model
+    from course_lib.memory.measure import grid_configs
+
+    try:
+        real = load_model("smollm2-135m")[0]
+    except ModelUnavailableError as exc:
+        pytest.skip(f"the real model is not installed: {str(exc).splitlines()[0]}")
+    shape = ModelShape.from_config(grid_configs()["smollm2-135m-shape"])
+    assert shape == ModelShape.from_config(real.config)
+    assert shape.parameter_count() == sum(p.numel() for p in real.parameters())

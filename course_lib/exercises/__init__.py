@@ -17,7 +17,8 @@ Two helpers do the work:
   optional ``diagnose`` names the likely mistake when it recognises one; otherwise the general hint shows.
 
 A check never raises, so a notebook with unsolved exercises still runs top to bottom.
-Reference solutions live in ``solutions/`` at the repository root, out of the learner's way;
+Reference solutions live in ``solutions/`` at the repository root, out of the learner's way
+(``load_solutions("ch11")`` imports one chapter's, for instructors and tests);
 tests/test_exercises.py proves each solution passes its check and each stub fails it.
 """
 
@@ -26,6 +27,21 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
+
+
+def load_solutions(chapter: str):
+    """The module of reference solutions solutions/<chapter>.py (e.g. "ch11"), imported from its file."""
+    import importlib.util
+
+    from ..core.env import REPO_ROOT
+
+    path = REPO_ROOT / "solutions" / f"{chapter}.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"No reference solutions at {path}: they ship with a clone of the repository.")
+    spec = importlib.util.spec_from_file_location(f"solutions_{chapter}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def check_cases(

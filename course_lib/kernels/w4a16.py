@@ -163,6 +163,18 @@ if triton is not None:
                  mask=row_ok[:, None] & col_ok[None, :])
 
     @triton.jit
+    def _step_weights(w_ptrs, s_ptr, qz_ptr, k0, N, cols, col_ok, shift_z, stride_qk,
+                      GROUP: tl.constexpr, EVICT: tl.constexpr):
+        """A K step's packed words (BLOCK_K // 8, BLOCK_N) from row k0, and its group's scales and zero points
+        (float32, v1's minus one undone on the whole word) for the columns `cols`."""
+        g = k0 // GROUP
+        words = tl.load(w_ptrs + (k0 // 8) * stride_qk, mask=col_ok[None, :], other=0, eviction_policy=EVICT)
+        s = tl.load(s_ptr + g * N + cols, mask=col_ok, other=0.0).to(tl.float32)
+        zw = tl.load(qz_ptr + g * (N // 8) + cols // 8, mask=col_ok, other=0) + 0x11111111
+        z = ((zw >> shift_z) & 0xF).to(tl.float32)
+        return words, s, z
+
+    @triton.jit
     def _w4a16_fast(x_ptr, q_ptr, s_ptr, qz_ptr, y_ptr, M, N, K, K_PER_SPLIT,
                     stride_xm, stride_qk, stride_qn, stride_ym,
                     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -191,11 +203,7 @@ if triton is not None:
         x_ptrs = x_ptr + rows[:, None] * stride_xm + 8 * i[None, :]        # (BLOCK_M, PACKED): rows 8i of a step
         shift_z = (cols % 8) * 4
         for k0 in range(k_start, k_stop, BLOCK_K):
-            g = k0 // GROUP
-            words = tl.load(w_ptrs + (k0 // 8) * stride_qk, mask=col_ok[None, :], other=0, eviction_policy=EVICT)
-            s = tl.load(s_ptr + g * N + cols, mask=col_ok, other=0.0).to(tl.float32)
-            zw = tl.load(qz_ptr + g * (N // 8) + cols // 8, mask=col_ok, other=0) + 0x11111111
-            z = ((zw >> shift_z) & 0xF).to(tl.float32)
+            words, s, z = _step_weights(w_ptrs, s_ptr, qz_ptr, k0, N, cols, col_ok, shift_z, stride_qk, GROUP, EVICT)
             if DOT:
                 step = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
                 xsum = tl.zeros((BLOCK_M,), dtype=tl.float32)
@@ -283,11 +291,7 @@ if triton is not None:
         w_ptrs = q_ptr + i[:, None] * stride_qk + cols[None, :] * stride_qn
         shift_z = (cols % 8) * 4
         for k0 in range(k_start, k_stop, BLOCK_K):
-            g = k0 // GROUP
-            words = tl.load(w_ptrs + (k0 // 8) * stride_qk, mask=col_ok[None, :], other=0, eviction_policy=EVICT)
-            s = tl.load(s_ptr + g * N + cols, mask=col_ok, other=0.0).to(tl.float32)
-            zw = tl.load(qz_ptr + g * (N // 8) + cols // 8, mask=col_ok, other=0) + 0x11111111
-            z = ((zw >> shift_z) & 0xF).to(tl.float32)
+            words, s, z = _step_weights(w_ptrs, s_ptr, qz_ptr, k0, N, cols, col_ok, shift_z, stride_qk, GROUP, EVICT)
             if HALF:
                 step = tl.zeros((PACKED, BLOCK_N), dtype=tl.float16)
             else:

@@ -25,6 +25,11 @@ from .estimate import GIB, estimate
 LLAMA_3B_SHAPE = dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28, num_attention_heads=24,
                       num_key_value_heads=8, head_dim=128, vocab_size=128256, max_position_embeddings=131072,
                       tie_word_embeddings=True, rope_parameters={"rope_theta": 500000.0, "rope_type": "default"})
+# SmolLM2-135M-Instruct's architecture (the real model of the course), for a random-weight copy where its wheel
+# is not installed: memory depends on shapes, not on values
+SMOLLM2_SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                     num_key_value_heads=3, head_dim=64, vocab_size=49152, max_position_embeddings=8192,
+                     tie_word_embeddings=True, rope_parameters={"rope_theta": 100000.0, "rope_type": "default"})
 BATCHES = (1, 4, 16)
 CONTEXTS = (128, 1024, 4096)
 LIMIT_GIB = 120.0  # skip a combination whose estimate exceeds this (an H200 holds 139 GiB)
@@ -128,7 +133,8 @@ def grid_configs() -> dict:
     """label -> config for the random-weight shapes of the grid (no weights, so it works on any machine)."""
     from ..kv.bench import LLAMA_1B_SHAPE
 
-    return {"llama-1b-shape": _config({**LLAMA_1B_SHAPE, "tie_word_embeddings": True}),
+    return {"smollm2-135m-shape": _config(SMOLLM2_SHAPE), "smollm2-135m": _config(SMOLLM2_SHAPE),
+            "llama-1b-shape": _config({**LLAMA_1B_SHAPE, "tie_word_embeddings": True}),
             "llama-3b-shape": _config(LLAMA_3B_SHAPE),
             "llama-3-8b-shape": _config(sizes.load_config("Meta-Llama-3-8B"))}
 
@@ -162,22 +168,31 @@ def model_specs(quick: bool = False) -> list[tuple[str, object, bool]]:
     specs = [("course-model", bundled, True),
              ("llama-1b-shape", lambda dt: _random_model({**LLAMA_1B_SHAPE, "tie_word_embeddings": True}, dt), True)]
     if not quick:
-        specs[1:1] = [("smollm2-135m", smollm, True)]
+        specs[1:1] = [("smollm2-135m", smollm, True),
+                      ("smollm2-135m-shape", lambda dt: _random_model(SMOLLM2_SHAPE, dt), True)]
         specs += [("llama-3b-shape", lambda dt: _random_model(LLAMA_3B_SHAPE, dt), False),
                   ("llama-3-8b-shape", lambda dt: _random_model(sizes.load_config("Meta-Llama-3-8B"), dt), False)]
     return specs
 
 
 def grid_rows(*, quick: bool = False, batches=BATCHES, contexts=CONTEXTS, phases=("prefill", "decode"),
-              limit_gib: float = LIMIT_GIB) -> list[dict]:
-    """Measured peak against the estimate for every model x dtype x batch x context x phase that fits."""
+              limit_gib: float = LIMIT_GIB, models=None) -> list[dict]:
+    """Measured peak against the estimate for every model x dtype x batch x context x phase that fits.
+
+    models: labels to keep (see ``model_specs``), or None for all."""
     from ..core.env import require_cuda
 
     require_cuda("The memory grid")
     if quick:
         batches, contexts = batches[:2], contexts[:2]
     rows = []
-    for label, build, small in model_specs(quick):
+    specs = model_specs(quick)
+    if models:
+        unknown = set(models) - {label for label, _, _ in specs}
+        if unknown:
+            raise ValueError(f"Unknown grid model(s) {sorted(unknown)}; choose from {[label for label, _, _ in specs]}.")
+        specs = [spec for spec in specs if spec[0] in models]
+    for label, build, small in specs:
         dtypes = ([torch.float32] if small else []) + [torch.bfloat16, torch.float16]
         model = build(dtypes[0])
         if model is None:
@@ -254,19 +269,21 @@ def summary(rows: list[dict]) -> dict:
             "within 5 %": sum(e <= 5 for e in errors)}
 
 
-def record_memory(name: str | None = None, quick: bool = False) -> None:
+def record_memory(name: str | None = None, quick: bool = False, models=None) -> None:
     """Run the grid on this GPU and save data/results/<gpu>_memory.json (or `name`)."""
     from ..core.results import save_result
     from ..core.tables import print_table
     from ..core.timing import device_slug
 
     start = time.perf_counter()
-    rows = grid_rows(quick=quick)
+    rows = grid_rows(quick=quick, models=models)
+    if not rows:
+        raise RuntimeError(f"No grid point was measured (models {models}): see the messages above.")
     name = name or f"{device_slug()}_memory" + ("_quick" if quick else "")
     info = summary(rows)
     info.update(seconds=time.perf_counter() - start, cudnn=torch.backends.cudnn.version())
     path = save_result(name, rows, command="python -m course_lib.memory.measure" + (" --quick" if quick else "")
-                       + f" --name {name}", summary=info,
+                       + (f" --models {' '.join(models)}" if models else "") + f" --name {name}", summary=info,
                        description="peak of torch.cuda.max_memory_allocated over one no-grad forward (prefill of "
                        "`context` tokens into an empty DynamicCache, or one decode step after it; logits of the last "
                        "position) against course_lib.memory.estimate (weights + KV cache + activations + cuBLAS workspace)")
@@ -280,8 +297,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m course_lib.memory.measure", description=__doc__.split("\n")[0])
     parser.add_argument("--name", default=None, help="result name (default <gpu>_memory)")
     parser.add_argument("--quick", action="store_true", help="the bundled model and the 1B shape, small batches")
+    parser.add_argument("--models", nargs="+", default=None, help="only these models of the grid, e.g. smollm2-135m")
     args = parser.parse_args(argv)
-    record_memory(args.name, quick=args.quick)
+    record_memory(args.name, quick=args.quick, models=args.models)
 
 
 if __name__ == "__main__":
