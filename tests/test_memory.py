@@ -252,3 +252,20 @@ def test_the_smollm2_shape_is_the_real_model_shape():
     shape = ModelShape.from_config(grid_configs()["smollm2-135m-shape"])
     assert shape == ModelShape.from_config(real.config)
     assert shape.parameter_count() == sum(p.numel() for p in real.parameters())
+
+
+def test_live_measurement_without_cuda_says_so():
+    from course_lib.memory.measure import measure_fresh
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; tests/test_w4a16_gpu.py-style GPU runs cover the measurement")
+    with pytest.raises(Exception, match="CUDA"):
+        measure_fresh([(1, 128, "prefill")])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_live_measurement_matches_the_estimate_on_cuda():
+    from course_lib.memory.measure import measure_fresh
+
+    rows = measure_fresh([(1, 1024, "prefill"), (4, 512, "decode")])
+    assert all(abs(r["error %"]) < 5 for r in rows), rows

@@ -37,6 +37,10 @@ def test_every_configuration_matches_the_reference(k, n, dtype):
         if m == 1:
             variants += [replace(base, half=False), replace(base, gemv=False), replace(base, gemv=False, dot=True,
                                                                                        block_k=128)]
+            if dtype == torch.float16:  # the half2 kernel (inline PTX), fp16 and fp32 sums, one and many slices
+                variants += [replace(base, h2=True), replace(base, h2=True, half=False),
+                             replace(base, h2=True, block_k=128, split_k=1, num_warps=8),
+                             replace(base, h2=True, acc32=True, block_n=512)]
         else:
             variants += [replace(base, dot=False, block_k=64)]
         for cfg in variants:
@@ -56,6 +60,19 @@ def test_tuned_kernel_and_the_transposed_layout():
         assert rel_err(W.w4a16_matmul(x, qw, s, qz, 128), ref) < TOL[torch.float16]
         nk = qw.t().contiguous().t()  # words stored (n, k/8): the same values, K contiguous
         assert rel_err(W.launch(x, nk, s, qz, 128, cfg), ref) < TOL[torch.float16]
+
+
+def test_half2_kernel_on_an_odd_offset_and_large_activations():
+    k, n = 4096, 1024
+    qw, s, qz = packed(k, n, seed=5)
+    big = torch.randn(1, k + 1, device="cuda", dtype=torch.float16)
+    x = big[:, 1:]  # starts mid-word: the int32 view of x needs a copy
+    cfg = W.KernelConfig(block_n=256, block_k=64, split_k=16, h2=True)
+    assert rel_err(W.launch(x, qw, s, qz, 128, cfg), W.reference_matmul(x.float(), qw, s, qz, 128)) < 4e-3
+    x = torch.randn(1, k, device="cuda", dtype=torch.float16) * 200  # 8 products of 15 x 200 fit fp16
+    ref = W.reference_matmul(x.float(), qw, s, qz, 128)
+    for half in (True, False):
+        assert rel_err(W.launch(x, qw, s, qz, 128, replace(cfg, half=half)), ref) < 4e-3
 
 
 def test_group_sizes_and_asymmetric_zeros():

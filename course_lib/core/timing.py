@@ -107,3 +107,35 @@ def matmul_tflops(device, size: int = 8192, dtype=None, reps: int = 20) -> float
     b = torch.randn(size, size, device=device, dtype=dtype)
     seconds = median_time(lambda: a @ b, device, reps=reps)
     return 2 * size**3 / seconds / 1e12
+
+
+def cuda_graph_ms(fn, *, reps: int = 20, warmup: int = 3) -> float:
+    """Median milliseconds of one replay of a CUDA graph that records fn() once: the GPU's time for the work,
+    without the host's launch overhead (which exceeds a small kernel's run time). Warm-up runs on a side
+    stream first, as capture requires (kernels compiled, workspaces allocated)."""
+    import statistics
+
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    for _ in range(warmup):
+        g.replay()
+    samples = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        g.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end))
+    del g
+    return statistics.median(samples)

@@ -21,7 +21,6 @@ so that launch overhead does not hide the bandwidth):
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from dataclasses import replace
 
@@ -30,7 +29,7 @@ from torch.nn import functional as F
 
 from ..core.env import require_cuda
 from ..core.results import save_result
-from ..core.timing import copy_bandwidth_gbps, device_slug
+from ..core.timing import copy_bandwidth_gbps, cuda_graph_ms, device_slug
 from . import w4a16 as W
 from .dequant_bench import LLAMA3_8B_LINEARS, lean_dequant_matmul
 
@@ -53,29 +52,8 @@ def random_packed_cuda(k: int, n: int, group_size: int = GROUP, seed: int = 0):
 
 
 def graph_ms(fn, *, reps: int = 20, warmup: int = 3) -> float:
-    """Median milliseconds of one replay of a CUDA graph that records fn() once."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    for _ in range(warmup):
-        g.replay()
-    samples = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        g.replay()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end))
-    del g
-    return statistics.median(samples)
+    """Median milliseconds of one replay of a CUDA graph that records fn() once (core.timing.cuda_graph_ms)."""
+    return cuda_graph_ms(fn, reps=reps, warmup=warmup)
 
 
 class StepWeights:
@@ -249,6 +227,8 @@ LADDER = (
     ("+ scale and zero folded out of the loop", dict(split=True, magic=True, fold=True, half=False, hints=False)),
     ("+ fp16 products within a step (one token)", dict(split=True, magic=True, fold=True, half=True, hints=False)),
     ("+ contiguity and evict-first hints", dict(split=True, magic=True, fold=True, half=True, hints=True)),
+    ("+ half2 conversion and products in inline PTX (one token)",
+     dict(split=True, magic=True, fold=True, half=True, hints=True, h2=True)),
     ("+ autotuned tiles, warps, split", "tuned"),
 )
 
@@ -268,7 +248,8 @@ def ladder_rows(sw: StepWeights, batches=(1, 16), reps: int = 20) -> list[dict]:
                 def config_for(mm, n, k, flags=flags):
                     base = W.default_config(mm, n, k, GROUP)
                     return replace(base, split_k=base.split_k if flags["split"] else 1, magic=flags["magic"],
-                                   fold=flags["fold"], half=flags["half"], evict=flags["hints"], hints=flags["hints"])
+                                   fold=flags["fold"], half=flags["half"], evict=flags["hints"], hints=flags["hints"],
+                                   h2=flags.get("h2", False))
                 ms = graph_ms(_step_fn(sw, xs, "fast", config_for=config_for), reps=reps)
             rows.append({"batch": m, "step": label, "ms": ms, "speedup_vs_fp16": fp16 / ms})
             print(f"  ladder batch {m} {label}: {ms:.3f} ms ({fp16 / ms:.2f}x)", flush=True)

@@ -69,7 +69,7 @@ def per_linear_table(rec: Recorded, batch: int = 1) -> list[dict]:
         if r["batch"] != batch:
             continue
         c = r["config"]
-        path = "tl.dot" if c["dot"] else "FMA"
+        path = "tl.dot" if c["dot"] else ("half2 PTX" if c.get("h2") else "FMA")
         out.append({"linear": r["linear"], "k": r["k"], "n": r["n"], "fp16 µs": r["fp16_us"], "4-bit µs": r["fused_us"],
                     "× fp16": r["speedup"], "tile": f"{c['block_n']}x{c['block_k']}", "split-K": c["split_k"],
                     "path": path, "warps": c["num_warps"]})

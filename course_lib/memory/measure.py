@@ -97,6 +97,41 @@ def measure_peak(model, *, batch: int, context: int, phase: str, logits: str = "
     return result
 
 
+def measure_fresh(points, *, dtype: str = "float16", timeout: float = 600) -> list[dict]:
+    """measure_peak of the bundled model for (batch, context, phase) points in a fresh child process on CUDA.
+
+    As the recorded grid did: in a notebook, tensors of earlier cells (and a cuBLAS workspace already made)
+    sit in the allocator and would blur the peak. Returns one row per point with the estimate beside it.
+    """
+    import json
+    import subprocess
+    import sys
+
+    from ..core.env import require_cuda
+
+    require_cuda("measure_fresh (the CUDA caching allocator's peak)")
+    script = (
+        "import json, torch\n"
+        "from course_lib.lm.models import load_model\n"
+        "from course_lib.memory.measure import measure_peak\n"
+        f"model = load_model(device='cuda', dtype=torch.{dtype})[0]\n"
+        f"points = {[tuple(p) for p in points]!r}\n"
+        "print(json.dumps([measure_peak(model, batch=b, context=c, phase=p)['peak'] for b, c, p in points]))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError("The measurement's child process failed:\n" + done.stderr[-2000:])
+    peaks = json.loads(done.stdout.strip().splitlines()[-1])
+    from ..lm.models import load_model
+
+    config = load_model(device="cpu")[0].config
+    rows = []
+    for (batch, context, phase), peak in zip(points, peaks):
+        est = estimate(config, batch=batch, context=context, phase=phase, dtype=dtype).total_allocator
+        rows.append({"batch": batch, "context": context, "phase": phase, "measured GiB": peak / GIB,
+                     "estimate GiB": est / GIB, "error %": 100 * (est - peak) / peak})
+    return rows
+
+
 def sdpa_choice(model) -> str:
     """The SDPA backend PyTorch picks for this model's prefill call (torch._fused_sdp_choice), or '?'.
 

@@ -1,0 +1,203 @@
+"""The matrix-vector W4A16 kernel with its de-quantization on packed half2 instructions (inline PTX).
+
+Profiling the course's ``_w4a16_gemv`` on an H200 showed it bound by instructions, not bytes: per weight a
+shift, a mask, the magic OR, an fp16 subtraction and an fp16 FMA, each on one 16-bit value. Hopper's fp16
+units work on *pairs* (half2), and one ``lop3`` instruction does any logic function of three words. Serving
+kernels (FasterTransformer, TinyChat, Marlin) therefore convert two nibbles at once. For one int32 word q
+holding the codes u0..u7 of input rows 8i..8i+7:
+
+    t  = q >> 8
+    a0 = lop3(q, 0x000f000f, 0x64006400, 0xea)     (q & mask) | magic: half2 (1024 + u0,      1024 + u4)
+    a1 = lop3(q, 0x00f000f0, 0x64006400, 0xea)                         half2 (1024 + 16 u1,   1024 + 16 u5)
+    a2 = lop3(t, 0x000f000f, 0x64006400, 0xea)                         half2 (1024 + u2,      1024 + u6)
+    a3 = lop3(t, 0x00f000f0, 0x64006400, 0xea)                         half2 (1024 + 16 u3,   1024 + 16 u7)
+    a0 -= (1024 + z, 1024 + z);  a2 -= ...                              exact: u - z
+    a1 = a1 * 1/16 - (64 + z);   a3 = ...                               exact: u - z
+    w  = a0 * (x0, x4) + a1 * (x1, x5) + a2 * (x2, x6) + a3 * (x3, x7)  four fma.f16x2
+    r  = float32(w.lo + w.hi)                                           = sum_j x_j (u_j - z)
+
+Thirteen instructions for eight weights instead of about forty. The group's zero point z is folded into the
+two magic constants, so the fold per word is a single float32 FMA, acc += s * r. The activation pairs
+(x_j, x_{j+4}) are the same for every column: two byte permutes (``prmt``) per two pairs, once per step.
+
+Products add up in fp16 within a word (``half``, as the course's HALF flag does): 8 products of |u - z| <= 15,
+so |x| up to about 500 is safe; ``half=False`` converts the four products to float32 first (about 15 %
+slower). Only for fp16 activations and one token. Triton's interpreter cannot run inline asm: under
+TRITON_INTERPRET=1 the kernel computes the same sums from the same constant bits in plain Triton (EMULATE),
+so the CPU tests check everything around the asm; tests/test_w4a16_h2.py checks the asm strings themselves
+with a small interpreter of the PTX instructions they use.
+"""
+
+from __future__ import annotations
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs without Triton
+    triton = None
+
+PRMT_LO = "prmt.b32 $0, $1, $2, 0x5410;"  # both low halves:  (a.lo, b.lo)
+PRMT_HI = "prmt.b32 $0, $1, $2, 0x7632;"  # both high halves: (a.hi, b.hi)
+
+_CONVERT = """
+shr.u32 h2t, $1, 8;
+lop3.b32 h2a0, $1, 0x000f000f, 0x64006400, 0xea;
+lop3.b32 h2a1, $1, 0x00f000f0, 0x64006400, 0xea;
+lop3.b32 h2a2, h2t, 0x000f000f, 0x64006400, 0xea;
+lop3.b32 h2a3, h2t, 0x00f000f0, 0x64006400, 0xea;
+mov.b32 h2k, 0x2c002c00;
+sub.rn.f16x2 h2a0, h2a0, $6;
+fma.rn.f16x2 h2a1, h2a1, h2k, $7;
+sub.rn.f16x2 h2a2, h2a2, $6;
+fma.rn.f16x2 h2a3, h2a3, h2k, $7;
+"""
+# $0: the result's float32 bits; $1: the word; $2..$5: the x pairs; $6, $7: the magic constants CLO, CHI
+DOT8_F16 = """{
+.reg .b32 h2t, h2a0, h2a1, h2a2, h2a3, h2k, h2w;
+.reg .b16 h2l, h2h;
+.reg .f32 h2f;
+""" + _CONVERT + """mul.rn.f16x2 h2w, h2a0, $2;
+fma.rn.f16x2 h2w, h2a1, $3, h2w;
+fma.rn.f16x2 h2w, h2a2, $4, h2w;
+fma.rn.f16x2 h2w, h2a3, $5, h2w;
+mov.b32 {h2l, h2h}, h2w;
+add.rn.f16 h2l, h2l, h2h;
+cvt.f32.f16 h2f, h2l;
+mov.b32 $0, h2f;
+}"""
+DOT8_F32 = """{
+.reg .b32 h2t, h2a0, h2a1, h2a2, h2a3, h2k, h2w0, h2w1, h2w2, h2w3;
+.reg .b16 h2l0, h2h0, h2l1, h2h1, h2l2, h2h2, h2l3, h2h3;
+.reg .f32 h2f0, h2f1, h2f2, h2f3, h2f4, h2f5, h2f6, h2f7;
+""" + _CONVERT + """mul.rn.f16x2 h2w0, h2a0, $2;
+mul.rn.f16x2 h2w1, h2a1, $3;
+mul.rn.f16x2 h2w2, h2a2, $4;
+mul.rn.f16x2 h2w3, h2a3, $5;
+mov.b32 {h2l0, h2h0}, h2w0;
+mov.b32 {h2l1, h2h1}, h2w1;
+mov.b32 {h2l2, h2h2}, h2w2;
+mov.b32 {h2l3, h2h3}, h2w3;
+cvt.f32.f16 h2f0, h2l0;
+cvt.f32.f16 h2f1, h2h0;
+cvt.f32.f16 h2f2, h2l1;
+cvt.f32.f16 h2f3, h2h1;
+cvt.f32.f16 h2f4, h2l2;
+cvt.f32.f16 h2f5, h2h2;
+cvt.f32.f16 h2f6, h2l3;
+cvt.f32.f16 h2f7, h2h3;
+add.rn.f32 h2f0, h2f0, h2f1;
+add.rn.f32 h2f2, h2f2, h2f3;
+add.rn.f32 h2f4, h2f4, h2f5;
+add.rn.f32 h2f6, h2f6, h2f7;
+add.rn.f32 h2f0, h2f0, h2f2;
+add.rn.f32 h2f4, h2f4, h2f6;
+add.rn.f32 h2f0, h2f0, h2f4;
+mov.b32 $0, h2f0;
+}"""
+DOT8_CONSTRAINTS = "=r,r,r,r,r,r,r,r"
+CLO_BASE = 0x64006400           # half2 (1024, 1024)
+CHI_BASE = 0xD400D400 - 2**32   # half2 (-64, -64), as the signed int32 Triton computes with
+
+
+def magic_constants(z: int) -> tuple[int, int]:
+    """The two half2 constants for zero point z (0..15) as uint32 bits, computed as the kernel does (an int32
+    multiply-add, no carries between the halves): CLO = 1024 + z and CHI = -(64 + z), in both halves."""
+    return (z * 0x00010001 + CLO_BASE) & 0xFFFFFFFF, (z * 0x00100010 + CHI_BASE) & 0xFFFFFFFF
+
+
+if triton is not None:
+    _DOT8_F16 = tl.constexpr(DOT8_F16)
+    _DOT8_F32 = tl.constexpr(DOT8_F32)
+    _PRMT_LO = tl.constexpr(PRMT_LO)
+    _PRMT_HI = tl.constexpr(PRMT_HI)
+    _CONSTRAINTS = tl.constexpr(DOT8_CONSTRAINTS)
+    _CLO_BASE = tl.constexpr(CLO_BASE)
+    _CHI_BASE = tl.constexpr(CHI_BASE)
+
+    @triton.jit
+    def _half_f32(p, HI: tl.constexpr):
+        """float32 of the low or high fp16 half of int32 bit patterns (the emulation only)."""
+        if HI:
+            b = (p >> 16) & 0xFFFF
+        else:
+            b = p & 0xFFFF
+        return b.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+    @triton.jit
+    def _nibble(words, j: tl.constexpr):
+        return ((words >> (4 * j)) & 0xF).to(tl.float32)
+
+    @triton.jit
+    def _dot8_emulated(words, p0, p1, p2, p3, clo, chi):
+        """What the asm computes, in plain Triton from the same operands (for TRITON_INTERPRET=1): lane lo of
+        pair j meets nibble j, lane hi nibble j + 4; even nibbles are (1024 + u) - CLO, odd ones
+        (1024 + 16 u) / 16 + CHI."""
+        cl0, cl1, ch0, ch1 = _half_f32(clo, False), _half_f32(clo, True), _half_f32(chi, False), _half_f32(chi, True)
+        r = _half_f32(p0, False) * (1024.0 + _nibble(words, 0) - cl0)
+        r += _half_f32(p0, True) * (1024.0 + _nibble(words, 4) - cl1)
+        r += _half_f32(p1, False) * (64.0 + _nibble(words, 1) + ch0)
+        r += _half_f32(p1, True) * (64.0 + _nibble(words, 5) + ch1)
+        r += _half_f32(p2, False) * (1024.0 + _nibble(words, 2) - cl0)
+        r += _half_f32(p2, True) * (1024.0 + _nibble(words, 6) - cl1)
+        r += _half_f32(p3, False) * (64.0 + _nibble(words, 3) + ch0)
+        r += _half_f32(p3, True) * (64.0 + _nibble(words, 7) + ch1)
+        return r
+
+    @triton.jit
+    def _w4a16_gemv_h2(x32_ptr, q_ptr, s_ptr, qz_ptr, y_ptr, N, K, K_PER_SPLIT, stride_qk, stride_qn,
+                       GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ATOMIC: tl.constexpr,
+                       HALF: tl.constexpr, EVICT: tl.constexpr, EMULATE: tl.constexpr):
+        """One fp16 token, x read as int32 pairs: program (n-block, k-slice) like ``_w4a16_gemv``; one asm
+        block per loaded word; acc (BLOCK_K // 8, BLOCK_N) summed over its rows at the end."""
+        PACKED: tl.constexpr = BLOCK_K // 8
+        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols = tl.max_contiguous(tl.multiple_of(cols, BLOCK_N), BLOCK_N)
+        i = tl.arange(0, PACKED)
+        col_ok = cols < N
+        k_start = tl.program_id(1) * K_PER_SPLIT
+        k_stop = tl.minimum(k_start + K_PER_SPLIT, K)
+        acc = tl.zeros((PACKED, BLOCK_N), dtype=tl.float32)
+        w_ptrs = q_ptr + i[:, None] * stride_qk + cols[None, :] * stride_qn
+        shift_z = (cols % 8) * 4
+        for k0 in range(k_start, k_stop, BLOCK_K):
+            g = k0 // GROUP
+            words = tl.load(w_ptrs + (k0 // 8) * stride_qk, mask=col_ok[None, :], other=0, eviction_policy=EVICT)
+            s16 = tl.load(s_ptr + g * N + cols, mask=col_ok, other=0.0)
+            zw = tl.load(qz_ptr + g * (N // 8) + cols // 8, mask=col_ok, other=0) + 0x11111111  # undo v1's -1
+            z = (zw >> shift_z) & 0xF
+            # the scale's bits and the zero point in one int32 per column: one layout change per step, not two
+            sz = ((s16.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | (z << 16))[None, :]
+            s = (sz & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+            zc = sz >> 16
+            clo = zc * 0x00010001 + _CLO_BASE    # (1024 + z) in both halves
+            chi = zc * 0x00100010 + _CHI_BASE    # -(64 + z) in both halves
+            # the step's activations, one 16-byte load per word row: x32[4i + m] = (x_{8i+2m}, x_{8i+2m+1})
+            xq = tl.load(x32_ptr + k0 // 2 + 4 * i[:, None] + tl.arange(0, 4)[None, :])
+            x02, x13 = tl.split(tl.reshape(xq, (PACKED, 2, 2)))
+            xa, xc = tl.split(x02)    # (x0, x1), (x4, x5)
+            xb, xd = tl.split(x13)    # (x2, x3), (x6, x7)
+            if EMULATE:  # the byte permutes in integer arithmetic
+                p0 = (xa & 0xFFFF) | (xc << 16)
+                p1 = ((xa >> 16) & 0xFFFF) | (xc & -65536)
+                p2 = (xb & 0xFFFF) | (xd << 16)
+                p3 = ((xb >> 16) & 0xFFFF) | (xd & -65536)
+                r = _dot8_emulated(words, p0[:, None], p1[:, None], p2[:, None], p3[:, None], clo, chi)
+            else:
+                p0 = tl.inline_asm_elementwise(_PRMT_LO, "=r,r,r", [xa, xc], dtype=tl.int32, is_pure=True, pack=1)
+                p1 = tl.inline_asm_elementwise(_PRMT_HI, "=r,r,r", [xa, xc], dtype=tl.int32, is_pure=True, pack=1)
+                p2 = tl.inline_asm_elementwise(_PRMT_LO, "=r,r,r", [xb, xd], dtype=tl.int32, is_pure=True, pack=1)
+                p3 = tl.inline_asm_elementwise(_PRMT_HI, "=r,r,r", [xb, xd], dtype=tl.int32, is_pure=True, pack=1)
+                args = [words, p0[:, None], p1[:, None], p2[:, None], p3[:, None], clo, chi]
+                if HALF:
+                    bits = tl.inline_asm_elementwise(_DOT8_F16, _CONSTRAINTS, args, dtype=tl.int32, is_pure=True,
+                                                     pack=1)
+                else:
+                    bits = tl.inline_asm_elementwise(_DOT8_F32, _CONSTRAINTS, args, dtype=tl.int32, is_pure=True,
+                                                     pack=1)
+                r = bits.to(tl.float32, bitcast=True)   # sum over the word's 8 rows of x (u - z)
+            acc += s * r
+        out = tl.sum(acc, axis=0)
+        if ATOMIC:
+            tl.atomic_add(y_ptr + cols, out.to(y_ptr.dtype.element_ty), mask=col_ok, sem="relaxed")
+        else:
+            tl.store(y_ptr + cols, out.to(y_ptr.dtype.element_ty), mask=col_ok)
