@@ -8,7 +8,8 @@
   that only a fused kernel beats.
 * ``w4a16``: the fused 4-bit-weight matmul in Triton (GPTQ packing), a readable kernel and a tuned one
   whose speed tricks are switches; ``W4A16Linear`` picks it for decode and cuBLAS for long prefills;
-  ``w4a16_h2``: its one-token form with the de-quantization on packed half2 instructions (inline PTX);
+  ``w4a16_h2``: its one-token form with the de-quantization on packed half2 instructions (inline PTX),
+  and ``ptx_sim``, which interprets those instructions on a CPU to check the asm;
   ``w4a16_report``: the recorded benchmark read for the notebook.
 * ``w4a16_bench``: that kernel against fp16 cuBLAS on a Llama-3-8B decode step with CUDA graphs
   (``python -m course_lib.bench w4a16``).
