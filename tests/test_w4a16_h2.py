@@ -11,7 +11,7 @@ import torch
 
 from course_lib.kernels import w4a16 as W
 from course_lib.kernels import w4a16_h2 as H
-from course_lib.kernels.ptx_sim import f16_value, halves, lop3, codes_seen, dot8
+from course_lib.kernels.ptx_sim import codes_seen, dot8, dot8_two_step, f16_value, halves, lop3
 
 
 WORDS = np.concatenate([np.array([0, -1, 0x76543210, -0x789ABCE], dtype=np.int64),
@@ -28,7 +28,8 @@ def test_the_instruction_semantics_and_constants():
         assert [f16_value(h) for h in halves(clo)] == [1024 + z] * 2 and [f16_value(h) for h in halves(chi)] == [-(64 + z)] * 2
 
 
-@pytest.mark.parametrize("asm", [H.DOT8_F16, H.DOT8_F32], ids=["fp16 sum", "fp32 sum"])
+@pytest.mark.parametrize("asm", [H.DOT8_F16, H.DOT8_F32, H.DOT4_F16, H.DOT4_F32],
+                         ids=["fp16 sum", "fp32 sum", "convert, then fp16 sum", "convert, then fp32 sum"])
 def test_every_code_comes_out_exactly_in_row_order(asm):
     ref = W.unpack_int4(torch.from_numpy(WORDS).reshape(1, -1)).numpy()   # (8, words)
     for w, q in enumerate(WORDS.tolist()):
@@ -36,8 +37,9 @@ def test_every_code_comes_out_exactly_in_row_order(asm):
         assert codes_seen(asm, q, z) == (ref[:, w] - z).tolist(), hex(q & 0xFFFFFFFF)
 
 
-@pytest.mark.parametrize("asm, limit", [(H.DOT8_F16, 4 * 2.0**-11), (H.DOT8_F32, 2 * 2.0**-11)],
-                         ids=["fp16 sum", "fp32 sum"])
+@pytest.mark.parametrize("asm, limit", [(H.DOT8_F16, 4 * 2.0**-11), (H.DOT8_F32, 2 * 2.0**-11),
+                                        (H.DOT4_F16, 4 * 2.0**-11), (H.DOT4_F32, 2 * 2.0**-11)],
+                         ids=["fp16 sum", "fp32 sum", "convert, then fp16 sum", "convert, then fp32 sum"])
 def test_the_sum_is_within_fp16_rounding(asm, limit):
     rng = np.random.default_rng(2)
     ref = W.unpack_int4(torch.from_numpy(WORDS).reshape(1, -1)).numpy()
@@ -45,7 +47,8 @@ def test_the_sum_is_within_fp16_rounding(asm, limit):
         x8 = (rng.standard_normal(8) * rng.choice([0.01, 1.0, 30.0])).astype(np.float16)
         z = int(rng.integers(0, 16))
         exact = float(np.dot(x8.astype(np.float64), ref[:, w] - z))
-        assert abs(dot8(asm, q, x8, z) - exact) <= limit * 15 * float(np.abs(x8.astype(np.float64)).sum())
+        got = dot8_two_step(asm, q, x8, z) if asm in (H.DOT4_F16, H.DOT4_F32) else dot8(asm, q, x8, z)
+        assert abs(got - exact) <= limit * 15 * float(np.abs(x8.astype(np.float64)).sum())
 
 
 @pytest.mark.parametrize("old, new", [("0x000f000f, 0x64006400", "0x000f00f0, 0x64006400"),   # a wrong mask
@@ -72,5 +75,7 @@ def test_the_interpreter_refuses_what_it_does_not_know():
         run_ptx("{ .reg .b32 r; div.rn.f32 r, $1, $2; mov.b32 $0, r; }", [1, 2])
     with pytest.raises(ValueError, match="never wrote"):
         run_ptx("{ .reg .b32 r; mov.b32 r, $1; }", [1])
+    with pytest.raises(ValueError, match=r"\$1"):
+        run_ptx("{ mov.b32 $0, $2; }", [7, 8], outputs=2)
     with pytest.raises(ValueError, match="never declared"):
         run_ptx("{ mov.b32 q, $1; mov.b32 $0, q; }", [1])

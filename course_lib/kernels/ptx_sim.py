@@ -61,22 +61,24 @@ def _h2(a: int, b: int, c: int, op: str) -> int:
     return lanes[0] | (lanes[1] << 16)
 
 
-def run_ptx(asm: str, inputs: list[int]) -> int:
-    """Run an asm block of the instructions the kernel uses; inputs are $1, $2, ...; returns $0's bits."""
-    regs: dict[str, int] = {}
+def run_ptx(asm: str, inputs: list[int], outputs: int = 1):
+    """Run an asm block of the instructions the kernel uses. Operands $0 .. $(outputs - 1) are its outputs (they
+    may be read after being written), the inputs follow as $outputs, ...; returns $0's bits, or a tuple of all
+    outputs when there are several."""
+    regs: dict[str, int] = {f"${n}": 0 for n in range(outputs)}
+    written: set[str] = set()
 
     def val(tok: str) -> int:
         tok = tok.strip()
-        if tok.startswith("$"):
-            return inputs[int(tok[1:]) - 1] & 0xFFFFFFFF
         if tok in regs:
             return regs[tok]
+        if tok.startswith("$"):
+            return inputs[int(tok[1:]) - outputs] & 0xFFFFFFFF
         try:
             return int(tok, 0)
         except ValueError:
-            raise ValueError(f"{tok!r} is neither a declared register, an input $n nor a number.") from None
+            raise ValueError(f"{tok!r} is neither a declared register, an operand $n nor a number.") from None
 
-    out = None
     for line in (part.strip().strip("{}").strip() for part in asm.replace("\n", ";").split(";")):
         if not line:
             continue
@@ -95,23 +97,21 @@ def run_ptx(asm: str, inputs: list[int]) -> int:
         dst, *args = (t.strip() for t in rest.split(","))
         a = [val(t) for t in args]
         known = {"shr.u32": lambda: a[0] >> a[1], "lop3.b32": lambda: lop3(*a), "prmt.b32": lambda: _prmt(*a),
-             "mov.b32": lambda: a[0], "sub.rn.f16x2": lambda: _h2(a[0], a[1], 0, "sub"),
-             "mul.rn.f16x2": lambda: _h2(a[0], a[1], 0, "mul"), "fma.rn.f16x2": lambda: _h2(*a, "fma"),
-             "add.rn.f16": lambda: _bits16(f16_value(a[0]) + f16_value(a[1])),
-             "cvt.f32.f16": lambda: _bits32(np.float32(f16_value(a[0]))),
-             "add.rn.f32": lambda: _bits32(_f32(a[0]) + _f32(a[1]))}
+                 "mov.b32": lambda: a[0], "sub.rn.f16x2": lambda: _h2(a[0], a[1], 0, "sub"),
+                 "mul.rn.f16x2": lambda: _h2(a[0], a[1], 0, "mul"), "fma.rn.f16x2": lambda: _h2(*a, "fma"),
+                 "add.rn.f16": lambda: _bits16(f16_value(a[0]) + f16_value(a[1])),
+                 "cvt.f32.f16": lambda: _bits32(np.float32(f16_value(a[0]))),
+                 "add.rn.f32": lambda: _bits32(_f32(a[0]) + _f32(a[1]))}
         if op not in known:
             raise ValueError(f"The instruction {op!r} is not simulated (known: {', '.join(known)}).")
-        r = known[op]()
-        if dst == "$0":
-            out = r & 0xFFFFFFFF
-        else:
-            if dst not in regs:
-                raise ValueError(f"The register {dst!r} is written but was never declared with .reg.")
-            regs[dst] = r & 0xFFFFFFFF
-    if out is None:
-        raise ValueError("The asm block never wrote its output $0.")
-    return out
+        if dst not in regs:
+            raise ValueError(f"The register {dst!r} is written but was never declared with .reg.")
+        regs[dst] = known[op]() & 0xFFFFFFFF
+        written.add(dst)
+    missing = [f"${n}" for n in range(outputs) if f"${n}" not in written]
+    if missing:
+        raise ValueError(f"The asm block never wrote its output(s) {', '.join(missing)}.")
+    return regs["$0"] if outputs == 1 else tuple(regs[f"${n}"] for n in range(outputs))
 
 
 def x_pairs(x8) -> list[int]:
@@ -126,6 +126,15 @@ def dot8(asm: str, q: int, x8, z: int) -> float:
     return float(_f32(run_ptx(asm, [q & 0xFFFFFFFF, *x_pairs(x8), *H.magic_constants(z)])))
 
 
+def dot8_two_step(dot4: str, q: int, x8, z: int) -> float:
+    """The 2-4 token kernel's way: CONVERT4 once per word, then one DOT4 block (fp16 or fp32 sums) per token."""
+    converted = run_ptx(H.CONVERT4, [q & 0xFFFFFFFF, *H.magic_constants(z)], outputs=4)
+    return float(_f32(run_ptx(dot4, [*converted, *x_pairs(x8)])))
+
+
 def codes_seen(asm: str, q: int, z: int) -> list[float]:
-    """The eight values u_j - z the asm multiplies, read back with one-hot activations."""
+    """The eight values u_j - z the asm multiplies, read back with one-hot activations. `asm` is a one-step block
+    (DOT8_*) or a DOT4_* block, which is then run after CONVERT4."""
+    if asm in (H.DOT4_F16, H.DOT4_F32):
+        return [dot8_two_step(asm, q, np.eye(8)[j], z) for j in range(8)]
     return [dot8(asm, q, np.eye(8)[j], z) for j in range(8)]

@@ -34,7 +34,7 @@ Two kernels, the same arithmetic:
   - ``tl.dot`` on the tensor cores (``dot``) or FMA on the CUDA cores for one or two tokens;
   - cache hints (``evict``): the weights are read once, so they are loaded "evict first", and
     contiguity hints (``hints``) that let Triton use 16-byte vector loads;
-  - half2 de-quantization (``h2``, one fp16 token, ``w4a16_h2``): two nibbles become a pair of fp16 numbers
+  - half2 de-quantization (``h2``, 1-4 fp16 tokens, ``w4a16_h2``): two nibbles become a pair of fp16 numbers
     in one ``lop3`` instruction and are multiplied as pairs (``fma.f16x2``), in inline PTX: about a third
     of the instructions per weight of the loop above, which is bound by instructions, not bytes;
   - autotuning (``tune``): block sizes, warps, pipeline stages and the split, timed per shape.
@@ -62,6 +62,7 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 # Up to this many rows the fused kernel beats de-quantizing into fp16 and calling cuBLAS (H200, Llama-3-8B's gate
 # projection: 1.06 against 1.25 ms at 512 tokens, 2.11 against 1.33 ms at 1024; the bench's ``prefill`` part)
 FUSED_MAX_TOKENS = 512
+H2_MAX_TOKENS = 4  # the half2 kernels take 1 to 4 fp16 tokens
 TUNE_MAX_TOKENS = 16  # w4a16_matmul autotunes decode shapes only (a few rows); larger calls take default_config
 _V1_ONES = 0x11111111  # GPTQ "v1" stores each zero point minus one: add one to every nibble, on the whole word
 
@@ -358,7 +359,7 @@ class KernelConfig:
     acc32: bool = False  # split-K: add the partial sums in a float32 buffer, then convert (one more kernel)
     gemv: bool = True   # one row: the two-dimensional matrix-vector kernel (ignored for more rows)
     half: bool = True   # gemv with fp16 activations: a step's eight products added in fp16
-    h2: bool = False    # gemv, fp16, one row: packed half2 conversion and products in inline PTX (w4a16_h2)
+    h2: bool = False    # fp16, 1-4 rows: packed half2 conversion and products in inline PTX (w4a16_h2)
     num_warps: int = 4
     num_stages: int = 3
 
@@ -398,18 +399,25 @@ def launch(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, qzeros
             torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     else:
         target = out.zero_() if split > 1 else out
-    if m == 1 and cfg.gemv and not cfg.dot and cfg.h2:
+    if m <= H2_MAX_TOKENS and cfg.gemv and not cfg.dot and cfg.h2:
         if x2.dtype != torch.float16:
             raise ValueError(f"The half2 kernel (h2=True) takes fp16 activations, got {x2.dtype}; use h2=False.")
-        from .w4a16_h2 import _w4a16_gemv_h2
+        from .w4a16_h2 import _w4a16_gemv_h2, _w4a16_rows_h2
 
-        if x2.storage_offset() % 2 or x2.stride(0) % 2:  # the int32 view pairs neighbouring fp16 numbers
+        if x2.storage_offset() % 2 or x2.stride(0) % 2 or x2.stride(1) != 1:  # the int32 view pairs fp16 numbers
             x2 = x2.clone(memory_format=torch.contiguous_format)
-        _w4a16_gemv_h2[(triton.cdiv(n, cfg.block_n), split)](
-            x2.view(torch.int32), qweight, scales.contiguous(), qzeros.contiguous(), target, n, k, k_per_split,
-            qweight.stride(0), qweight.stride(1), GROUP=group_size, BLOCK_N=cfg.block_n, BLOCK_K=block_k,
-            ATOMIC=split > 1, HALF=cfg.half, EVICT="evict_first" if cfg.evict else "", EMULATE=interpreting(),
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        x32 = x2.view(torch.int32)
+        common = dict(GROUP=group_size, BLOCK_N=cfg.block_n, BLOCK_K=block_k, ATOMIC=split > 1, HALF=cfg.half,
+                      EVICT="evict_first" if cfg.evict else "", EMULATE=interpreting(), num_warps=cfg.num_warps,
+                      num_stages=cfg.num_stages)
+        grid = (triton.cdiv(n, cfg.block_n), split)
+        if m == 1:
+            _w4a16_gemv_h2[grid](x32, qweight, scales.contiguous(), qzeros.contiguous(), target, n, k, k_per_split,
+                                 qweight.stride(0), qweight.stride(1), **common)
+        else:
+            _w4a16_rows_h2[grid](x32, qweight, scales.contiguous(), qzeros.contiguous(), target, m, n, k,
+                                 k_per_split, qweight.stride(0), qweight.stride(1), x32.stride(0), target.stride(0),
+                                 BLOCK_M=2 if m == 2 else 4, **common)
         return _finish(target, out, x2.dtype, acc32)
     if m == 1 and cfg.gemv and not cfg.dot:
         _w4a16_gemv[(triton.cdiv(n, cfg.block_n), split)](
@@ -457,6 +465,16 @@ def candidate_configs(m: int, n: int, k: int, group_size: int, sms: int = 132,
     rows try both the FMA loop and the tensor cores; more rows use the tensor cores. Each with its tiles,
     warps and split."""
     out = []
+    if 1 < m <= H2_MAX_TOKENS and dtype == torch.float16:
+        for block_n in (128, 256):
+            for block_k in (64, 128):
+                if block_k > group_size or group_size % block_k:
+                    continue
+                for warps in (4, 8):
+                    for waves in (4, 8):
+                        split = _split(k, block_k, math.ceil(n / block_n), sms, waves)
+                        out.append(KernelConfig(block_n=block_n, block_k=block_k, split_k=split, num_warps=warps,
+                                                h2=True))
     if m == 1 and dtype == torch.float16:
         for block_n in (256, 512):
             for block_k in (64, 128):

@@ -227,7 +227,7 @@ LADDER = (
     ("+ scale and zero folded out of the loop", dict(split=True, magic=True, fold=True, half=False, hints=False)),
     ("+ fp16 products within a step (one token)", dict(split=True, magic=True, fold=True, half=True, hints=False)),
     ("+ contiguity and evict-first hints", dict(split=True, magic=True, fold=True, half=True, hints=True)),
-    ("+ half2 conversion and products in inline PTX (one token)",
+    ("+ half2 conversion and products in inline PTX (1-4 tokens)",
      dict(split=True, magic=True, fold=True, half=True, hints=True, h2=True)),
     ("+ autotuned tiles, warps, split", "tuned"),
 )

@@ -22,7 +22,8 @@ two magic constants, so the fold per word is a single float32 FMA, acc += s * r.
 
 Products add up in fp16 within a word (``half``, as the course's HALF flag does): 8 products of |u - z| <= 15,
 so |x| up to about 500 is safe; ``half=False`` converts the four products to float32 first (about 15 %
-slower). Only for fp16 activations and one token. Triton's interpreter cannot run inline asm: under
+slower). Only for fp16 activations. ``_w4a16_gemv_h2`` takes one token; ``_w4a16_rows_h2`` takes 2-4, converting
+each word once (``CONVERT4``) and multiplying it once per token (``DOT4_*``). Triton's interpreter cannot run inline asm: under
 TRITON_INTERPRET=1 the kernel computes the same sums from the same constant bits in plain Triton (EMULATE),
 so the CPU tests check everything around the asm; tests/test_w4a16_h2.py checks the asm strings themselves
 with a small interpreter of the PTX instructions they use.
@@ -95,6 +96,66 @@ add.rn.f32 h2f0, h2f0, h2f4;
 mov.b32 $0, h2f0;
 }"""
 DOT8_CONSTRAINTS = "=r,r,r,r,r,r,r,r"
+
+# For 2-4 tokens: the conversion once per word ($0..$3 out: the four half2 of u - z; $4 the word; $5, $6 CLO, CHI)...
+CONVERT4 = """{
+.reg .b32 h2t, h2k;
+shr.u32 h2t, $4, 8;
+lop3.b32 $0, $4, 0x000f000f, 0x64006400, 0xea;
+lop3.b32 $1, $4, 0x00f000f0, 0x64006400, 0xea;
+lop3.b32 $2, h2t, 0x000f000f, 0x64006400, 0xea;
+lop3.b32 $3, h2t, 0x00f000f0, 0x64006400, 0xea;
+mov.b32 h2k, 0x2c002c00;
+sub.rn.f16x2 $0, $0, $5;
+fma.rn.f16x2 $1, $1, h2k, $6;
+sub.rn.f16x2 $2, $2, $5;
+fma.rn.f16x2 $3, $3, h2k, $6;
+}"""
+CONVERT4_CONSTRAINTS = "=r,=r,=r,=r,r,r,r"
+# ... then the products once per token ($0 out; $1..$4 the converted pairs; $5..$8 the token's x pairs)
+DOT4_F16 = """{
+.reg .b32 h2w;
+.reg .b16 h2l, h2h;
+.reg .f32 h2f;
+mul.rn.f16x2 h2w, $1, $5;
+fma.rn.f16x2 h2w, $2, $6, h2w;
+fma.rn.f16x2 h2w, $3, $7, h2w;
+fma.rn.f16x2 h2w, $4, $8, h2w;
+mov.b32 {h2l, h2h}, h2w;
+add.rn.f16 h2l, h2l, h2h;
+cvt.f32.f16 h2f, h2l;
+mov.b32 $0, h2f;
+}"""
+DOT4_F32 = """{
+.reg .b32 h2w0, h2w1, h2w2, h2w3;
+.reg .b16 h2l0, h2h0, h2l1, h2h1, h2l2, h2h2, h2l3, h2h3;
+.reg .f32 h2f0, h2f1, h2f2, h2f3, h2f4, h2f5, h2f6, h2f7;
+mul.rn.f16x2 h2w0, $1, $5;
+mul.rn.f16x2 h2w1, $2, $6;
+mul.rn.f16x2 h2w2, $3, $7;
+mul.rn.f16x2 h2w3, $4, $8;
+mov.b32 {h2l0, h2h0}, h2w0;
+mov.b32 {h2l1, h2h1}, h2w1;
+mov.b32 {h2l2, h2h2}, h2w2;
+mov.b32 {h2l3, h2h3}, h2w3;
+cvt.f32.f16 h2f0, h2l0;
+cvt.f32.f16 h2f1, h2h0;
+cvt.f32.f16 h2f2, h2l1;
+cvt.f32.f16 h2f3, h2h1;
+cvt.f32.f16 h2f4, h2l2;
+cvt.f32.f16 h2f5, h2h2;
+cvt.f32.f16 h2f6, h2l3;
+cvt.f32.f16 h2f7, h2h3;
+add.rn.f32 h2f0, h2f0, h2f1;
+add.rn.f32 h2f2, h2f2, h2f3;
+add.rn.f32 h2f4, h2f4, h2f5;
+add.rn.f32 h2f6, h2f6, h2f7;
+add.rn.f32 h2f0, h2f0, h2f2;
+add.rn.f32 h2f4, h2f4, h2f6;
+add.rn.f32 h2f0, h2f0, h2f4;
+mov.b32 $0, h2f0;
+}"""
+DOT4_CONSTRAINTS = "=r,r,r,r,r,r,r,r,r"
 CLO_BASE = 0x64006400           # half2 (1024, 1024)
 CHI_BASE = 0xD400D400 - 2**32   # half2 (-64, -64), as the signed int32 Triton computes with
 
@@ -111,6 +172,11 @@ if triton is not None:
     _PRMT_LO = tl.constexpr(PRMT_LO)
     _PRMT_HI = tl.constexpr(PRMT_HI)
     _CONSTRAINTS = tl.constexpr(DOT8_CONSTRAINTS)
+    _CONVERT4 = tl.constexpr(CONVERT4)
+    _CONVERT4_CONSTRAINTS = tl.constexpr(CONVERT4_CONSTRAINTS)
+    _DOT4_F16 = tl.constexpr(DOT4_F16)
+    _DOT4_F32 = tl.constexpr(DOT4_F32)
+    _DOT4_CONSTRAINTS = tl.constexpr(DOT4_CONSTRAINTS)
     _CLO_BASE = tl.constexpr(CLO_BASE)
     _CHI_BASE = tl.constexpr(CHI_BASE)
 
@@ -201,3 +267,71 @@ if triton is not None:
             tl.atomic_add(y_ptr + cols, out.to(y_ptr.dtype.element_ty), mask=col_ok, sem="relaxed")
         else:
             tl.store(y_ptr + cols, out.to(y_ptr.dtype.element_ty), mask=col_ok)
+
+    @triton.jit
+    def _w4a16_rows_h2(x32_ptr, q_ptr, s_ptr, qz_ptr, y_ptr, M, N, K, K_PER_SPLIT, stride_qk, stride_qn,
+                       stride_xm, stride_ym, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       BLOCK_K: tl.constexpr, ATOMIC: tl.constexpr, HALF: tl.constexpr, EVICT: tl.constexpr,
+                       EMULATE: tl.constexpr):
+        """2-4 fp16 tokens (BLOCK_M rows, masked): each word converted once (CONVERT4), its products made once per
+        token (DOT4); acc (BLOCK_M, BLOCK_K // 8, BLOCK_N) summed over the words at the end. stride_xm counts
+        int32 pairs."""
+        PACKED: tl.constexpr = BLOCK_K // 8
+        cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols = tl.max_contiguous(tl.multiple_of(cols, BLOCK_N), BLOCK_N)
+        rows = tl.arange(0, BLOCK_M)
+        i = tl.arange(0, PACKED)
+        col_ok, row_ok = cols < N, rows < M
+        k_start = tl.program_id(1) * K_PER_SPLIT
+        k_stop = tl.minimum(k_start + K_PER_SPLIT, K)
+        acc = tl.zeros((BLOCK_M, PACKED, BLOCK_N), dtype=tl.float32)
+        w_ptrs = q_ptr + i[:, None] * stride_qk + cols[None, :] * stride_qn
+        x_ptrs = x32_ptr + rows[:, None, None] * stride_xm + 4 * i[None, :, None] + tl.arange(0, 4)[None, None, :]
+        shift_z = (cols % 8) * 4
+        for k0 in range(k_start, k_stop, BLOCK_K):
+            g = k0 // GROUP
+            words = tl.load(w_ptrs + (k0 // 8) * stride_qk, mask=col_ok[None, :], other=0, eviction_policy=EVICT)
+            s16 = tl.load(s_ptr + g * N + cols, mask=col_ok, other=0.0)
+            zw = tl.load(qz_ptr + g * (N // 8) + cols // 8, mask=col_ok, other=0) + 0x11111111  # undo v1's -1
+            z = (zw >> shift_z) & 0xF
+            sz = ((s16.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | (z << 16))[None, :]
+            s = (sz & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+            zc = sz >> 16
+            clo = zc * 0x00010001 + _CLO_BASE
+            chi = zc * 0x00100010 + _CHI_BASE
+            xq = tl.load(x_ptrs + k0 // 2, mask=row_ok[:, None, None], other=0)        # (BLOCK_M, PACKED, 4)
+            x02, x13 = tl.split(tl.reshape(xq, (BLOCK_M, PACKED, 2, 2)))
+            xa, xc = tl.split(x02)    # (x0, x1), (x4, x5) of each token
+            xb, xd = tl.split(x13)    # (x2, x3), (x6, x7)
+            if EMULATE:
+                p0 = (xa & 0xFFFF) | (xc << 16)
+                p1 = ((xa >> 16) & 0xFFFF) | (xc & -65536)
+                p2 = (xb & 0xFFFF) | (xd << 16)
+                p3 = ((xb >> 16) & 0xFFFF) | (xd & -65536)
+                r = _dot8_emulated(words[None, :, :], p0[:, :, None], p1[:, :, None], p2[:, :, None],
+                                   p3[:, :, None], clo[None, :, :], chi[None, :, :])
+            else:
+                p0 = tl.inline_asm_elementwise(_PRMT_LO, "=r,r,r", [xa, xc], dtype=tl.int32, is_pure=True, pack=1)
+                p1 = tl.inline_asm_elementwise(_PRMT_HI, "=r,r,r", [xa, xc], dtype=tl.int32, is_pure=True, pack=1)
+                p2 = tl.inline_asm_elementwise(_PRMT_LO, "=r,r,r", [xb, xd], dtype=tl.int32, is_pure=True, pack=1)
+                p3 = tl.inline_asm_elementwise(_PRMT_HI, "=r,r,r", [xb, xd], dtype=tl.int32, is_pure=True, pack=1)
+                a0, a1, a2, a3 = tl.inline_asm_elementwise(
+                    _CONVERT4, _CONVERT4_CONSTRAINTS, [words, clo, chi],
+                    dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
+                args = [a0[None, :, :], a1[None, :, :], a2[None, :, :], a3[None, :, :],
+                        p0[:, :, None], p1[:, :, None], p2[:, :, None], p3[:, :, None]]
+                if HALF:
+                    bits = tl.inline_asm_elementwise(_DOT4_F16, _DOT4_CONSTRAINTS, args, dtype=tl.int32,
+                                                     is_pure=True, pack=1)
+                else:
+                    bits = tl.inline_asm_elementwise(_DOT4_F32, _DOT4_CONSTRAINTS, args, dtype=tl.int32,
+                                                     is_pure=True, pack=1)
+                r = bits.to(tl.float32, bitcast=True)
+            acc += s[None, :, :] * r
+        out = tl.sum(acc, axis=1)
+        y_ptrs = y_ptr + rows[:, None] * stride_ym + cols[None, :]
+        mask = row_ok[:, None] & col_ok[None, :]
+        if ATOMIC:
+            tl.atomic_add(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=mask, sem="relaxed")
+        else:
+            tl.store(y_ptrs, out.to(y_ptr.dtype.element_ty), mask=mask)
