@@ -40,121 +40,61 @@ except ImportError:  # CPU-only installs without Triton
 PRMT_LO = "prmt.b32 $0, $1, $2, 0x5410;"  # both low halves:  (a.lo, b.lo)
 PRMT_HI = "prmt.b32 $0, $1, $2, 0x7632;"  # both high halves: (a.hi, b.hi)
 
-_CONVERT = """
-shr.u32 h2t, $1, 8;
-lop3.b32 h2a0, $1, 0x000f000f, 0x64006400, 0xea;
-lop3.b32 h2a1, $1, 0x00f000f0, 0x64006400, 0xea;
-lop3.b32 h2a2, h2t, 0x000f000f, 0x64006400, 0xea;
-lop3.b32 h2a3, h2t, 0x00f000f0, 0x64006400, 0xea;
+def _convert(word: str, clo: str, chi: str, out: tuple[str, str, str, str]) -> str:
+    """PTX that turns `word` into the four half2 registers `out` of u - z (pairs (0, 4), (1, 5), (2, 6), (3, 7))."""
+    a0, a1, a2, a3 = out
+    return f"""shr.u32 h2t, {word}, 8;
+lop3.b32 {a0}, {word}, 0x000f000f, 0x64006400, 0xea;
+lop3.b32 {a1}, {word}, 0x00f000f0, 0x64006400, 0xea;
+lop3.b32 {a2}, h2t, 0x000f000f, 0x64006400, 0xea;
+lop3.b32 {a3}, h2t, 0x00f000f0, 0x64006400, 0xea;
 mov.b32 h2k, 0x2c002c00;
-sub.rn.f16x2 h2a0, h2a0, $6;
-fma.rn.f16x2 h2a1, h2a1, h2k, $7;
-sub.rn.f16x2 h2a2, h2a2, $6;
-fma.rn.f16x2 h2a3, h2a3, h2k, $7;
+sub.rn.f16x2 {a0}, {a0}, {clo};
+fma.rn.f16x2 {a1}, {a1}, h2k, {chi};
+sub.rn.f16x2 {a2}, {a2}, {clo};
+fma.rn.f16x2 {a3}, {a3}, h2k, {chi};
 """
-# $0: the result's float32 bits; $1: the word; $2..$5: the x pairs; $6, $7: the magic constants CLO, CHI
-DOT8_F16 = """{
-.reg .b32 h2t, h2a0, h2a1, h2a2, h2a3, h2k, h2w;
-.reg .b16 h2l, h2h;
-.reg .f32 h2f;
-""" + _CONVERT + """mul.rn.f16x2 h2w, h2a0, $2;
-fma.rn.f16x2 h2w, h2a1, $3, h2w;
-fma.rn.f16x2 h2w, h2a2, $4, h2w;
-fma.rn.f16x2 h2w, h2a3, $5, h2w;
-mov.b32 {h2l, h2h}, h2w;
+
+
+def _products(a: tuple[str, ...], x: tuple[str, ...], half: bool) -> str:
+    """PTX for sum_j a_j * x_j over the four pairs, as float32 bits into $0: the products added in fp16 (half),
+    or each converted to float32 first."""
+    if half:
+        return f"""mul.rn.f16x2 h2w, {a[0]}, {x[0]};
+fma.rn.f16x2 h2w, {a[1]}, {x[1]}, h2w;
+fma.rn.f16x2 h2w, {a[2]}, {x[2]}, h2w;
+fma.rn.f16x2 h2w, {a[3]}, {x[3]}, h2w;
+mov.b32 {{h2l, h2h}}, h2w;
 add.rn.f16 h2l, h2l, h2h;
 cvt.f32.f16 h2f, h2l;
 mov.b32 $0, h2f;
-}"""
-DOT8_F32 = """{
-.reg .b32 h2t, h2a0, h2a1, h2a2, h2a3, h2k, h2w0, h2w1, h2w2, h2w3;
-.reg .b16 h2l0, h2h0, h2l1, h2h1, h2l2, h2h2, h2l3, h2h3;
-.reg .f32 h2f0, h2f1, h2f2, h2f3, h2f4, h2f5, h2f6, h2f7;
-""" + _CONVERT + """mul.rn.f16x2 h2w0, h2a0, $2;
-mul.rn.f16x2 h2w1, h2a1, $3;
-mul.rn.f16x2 h2w2, h2a2, $4;
-mul.rn.f16x2 h2w3, h2a3, $5;
-mov.b32 {h2l0, h2h0}, h2w0;
-mov.b32 {h2l1, h2h1}, h2w1;
-mov.b32 {h2l2, h2h2}, h2w2;
-mov.b32 {h2l3, h2h3}, h2w3;
-cvt.f32.f16 h2f0, h2l0;
-cvt.f32.f16 h2f1, h2h0;
-cvt.f32.f16 h2f2, h2l1;
-cvt.f32.f16 h2f3, h2h1;
-cvt.f32.f16 h2f4, h2l2;
-cvt.f32.f16 h2f5, h2h2;
-cvt.f32.f16 h2f6, h2l3;
-cvt.f32.f16 h2f7, h2h3;
-add.rn.f32 h2f0, h2f0, h2f1;
-add.rn.f32 h2f2, h2f2, h2f3;
-add.rn.f32 h2f4, h2f4, h2f5;
-add.rn.f32 h2f6, h2f6, h2f7;
-add.rn.f32 h2f0, h2f0, h2f2;
-add.rn.f32 h2f4, h2f4, h2f6;
-add.rn.f32 h2f0, h2f0, h2f4;
-mov.b32 $0, h2f0;
-}"""
+}}"""
+    lines = [f"mul.rn.f16x2 h2w{j}, {a[j]}, {x[j]};" for j in range(4)]
+    lines += [f"mov.b32 {{h2l{j}, h2h{j}}}, h2w{j};" for j in range(4)]
+    lines += [f"cvt.f32.f16 h2f{2 * j + h}, h2{'lh'[h]}{j};" for j in range(4) for h in range(2)]
+    lines += [f"add.rn.f32 h2f{a}, h2f{a}, h2f{b};" for a, b in ((0, 1), (2, 3), (4, 5), (6, 7), (0, 2), (4, 6), (0, 4))]
+    return "\n".join(lines) + "\nmov.b32 $0, h2f0;\n}"
+
+
+_REGS_F16 = ".reg .b16 h2l, h2h;\n.reg .f32 h2f;\n"
+_REGS_F32 = (".reg .b16 h2l0, h2h0, h2l1, h2h1, h2l2, h2h2, h2l3, h2h3;\n"
+             ".reg .f32 h2f0, h2f1, h2f2, h2f3, h2f4, h2f5, h2f6, h2f7;\n")
+_A = ("h2a0", "h2a1", "h2a2", "h2a3")
+
+# One token, one block per word. $0: the result's float32 bits; $1: the word; $2..$5: the x pairs; $6, $7: CLO, CHI
+DOT8_F16 = ("{\n.reg .b32 h2t, h2a0, h2a1, h2a2, h2a3, h2k, h2w;\n" + _REGS_F16 + "\n"
+            + _convert("$1", "$6", "$7", _A) + _products(_A, ("$2", "$3", "$4", "$5"), True))
+DOT8_F32 = ("{\n.reg .b32 h2t, h2a0, h2a1, h2a2, h2a3, h2k, h2w0, h2w1, h2w2, h2w3;\n" + _REGS_F32 + "\n"
+            + _convert("$1", "$6", "$7", _A) + _products(_A, ("$2", "$3", "$4", "$5"), False))
 DOT8_CONSTRAINTS = "=r,r,r,r,r,r,r,r"
 
 # For 2-4 tokens: the conversion once per word ($0..$3 out: the four half2 of u - z; $4 the word; $5, $6 CLO, CHI)...
-CONVERT4 = """{
-.reg .b32 h2t, h2k;
-shr.u32 h2t, $4, 8;
-lop3.b32 $0, $4, 0x000f000f, 0x64006400, 0xea;
-lop3.b32 $1, $4, 0x00f000f0, 0x64006400, 0xea;
-lop3.b32 $2, h2t, 0x000f000f, 0x64006400, 0xea;
-lop3.b32 $3, h2t, 0x00f000f0, 0x64006400, 0xea;
-mov.b32 h2k, 0x2c002c00;
-sub.rn.f16x2 $0, $0, $5;
-fma.rn.f16x2 $1, $1, h2k, $6;
-sub.rn.f16x2 $2, $2, $5;
-fma.rn.f16x2 $3, $3, h2k, $6;
-}"""
+CONVERT4 = "{\n.reg .b32 h2t, h2k;\n" + _convert("$4", "$5", "$6", ("$0", "$1", "$2", "$3")) + "}"
 CONVERT4_CONSTRAINTS = "=r,=r,=r,=r,r,r,r"
 # ... then the products once per token ($0 out; $1..$4 the converted pairs; $5..$8 the token's x pairs)
-DOT4_F16 = """{
-.reg .b32 h2w;
-.reg .b16 h2l, h2h;
-.reg .f32 h2f;
-mul.rn.f16x2 h2w, $1, $5;
-fma.rn.f16x2 h2w, $2, $6, h2w;
-fma.rn.f16x2 h2w, $3, $7, h2w;
-fma.rn.f16x2 h2w, $4, $8, h2w;
-mov.b32 {h2l, h2h}, h2w;
-add.rn.f16 h2l, h2l, h2h;
-cvt.f32.f16 h2f, h2l;
-mov.b32 $0, h2f;
-}"""
-DOT4_F32 = """{
-.reg .b32 h2w0, h2w1, h2w2, h2w3;
-.reg .b16 h2l0, h2h0, h2l1, h2h1, h2l2, h2h2, h2l3, h2h3;
-.reg .f32 h2f0, h2f1, h2f2, h2f3, h2f4, h2f5, h2f6, h2f7;
-mul.rn.f16x2 h2w0, $1, $5;
-mul.rn.f16x2 h2w1, $2, $6;
-mul.rn.f16x2 h2w2, $3, $7;
-mul.rn.f16x2 h2w3, $4, $8;
-mov.b32 {h2l0, h2h0}, h2w0;
-mov.b32 {h2l1, h2h1}, h2w1;
-mov.b32 {h2l2, h2h2}, h2w2;
-mov.b32 {h2l3, h2h3}, h2w3;
-cvt.f32.f16 h2f0, h2l0;
-cvt.f32.f16 h2f1, h2h0;
-cvt.f32.f16 h2f2, h2l1;
-cvt.f32.f16 h2f3, h2h1;
-cvt.f32.f16 h2f4, h2l2;
-cvt.f32.f16 h2f5, h2h2;
-cvt.f32.f16 h2f6, h2l3;
-cvt.f32.f16 h2f7, h2h3;
-add.rn.f32 h2f0, h2f0, h2f1;
-add.rn.f32 h2f2, h2f2, h2f3;
-add.rn.f32 h2f4, h2f4, h2f5;
-add.rn.f32 h2f6, h2f6, h2f7;
-add.rn.f32 h2f0, h2f0, h2f2;
-add.rn.f32 h2f4, h2f4, h2f6;
-add.rn.f32 h2f0, h2f0, h2f4;
-mov.b32 $0, h2f0;
-}"""
+DOT4_F16 = "{\n.reg .b32 h2w;\n" + _REGS_F16 + _products(("$1", "$2", "$3", "$4"), ("$5", "$6", "$7", "$8"), True)
+DOT4_F32 = ("{\n.reg .b32 h2w0, h2w1, h2w2, h2w3;\n" + _REGS_F32
+            + _products(("$1", "$2", "$3", "$4"), ("$5", "$6", "$7", "$8"), False))
 DOT4_CONSTRAINTS = "=r,r,r,r,r,r,r,r,r"
 CLO_BASE = 0x64006400           # half2 (1024, 1024)
 CHI_BASE = 0xD400D400 - 2**32   # half2 (-64, -64), as the signed int32 Triton computes with
@@ -210,6 +150,19 @@ if triton is not None:
         return r
 
     @triton.jit
+    def _group_constants(s_ptr, qz_ptr, g, N, cols, col_ok, shift_z):
+        """Group g's scales (float32) and the magic constants CLO = 1024 + z, CHI = -(64 + z) (both halves) per
+        column, each (1, BLOCK_N). The scale's bits and the zero point travel as one int32 per column: one
+        layout change per step instead of two."""
+        s16 = tl.load(s_ptr + g * N + cols, mask=col_ok, other=0.0)
+        zw = tl.load(qz_ptr + g * (N // 8) + cols // 8, mask=col_ok, other=0) + 0x11111111  # undo v1's -1
+        z = (zw >> shift_z) & 0xF
+        sz = ((s16.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | (z << 16))[None, :]
+        s = (sz & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        zc = sz >> 16
+        return s, zc * 0x00010001 + _CLO_BASE, zc * 0x00100010 + _CHI_BASE
+
+    @triton.jit
     def _w4a16_gemv_h2(x32_ptr, q_ptr, s_ptr, qz_ptr, y_ptr, N, K, K_PER_SPLIT, stride_qk, stride_qn,
                        GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ATOMIC: tl.constexpr,
                        HALF: tl.constexpr, EVICT: tl.constexpr, EMULATE: tl.constexpr):
@@ -228,15 +181,7 @@ if triton is not None:
         for k0 in range(k_start, k_stop, BLOCK_K):
             g = k0 // GROUP
             words = tl.load(w_ptrs + (k0 // 8) * stride_qk, mask=col_ok[None, :], other=0, eviction_policy=EVICT)
-            s16 = tl.load(s_ptr + g * N + cols, mask=col_ok, other=0.0)
-            zw = tl.load(qz_ptr + g * (N // 8) + cols // 8, mask=col_ok, other=0) + 0x11111111  # undo v1's -1
-            z = (zw >> shift_z) & 0xF
-            # the scale's bits and the zero point in one int32 per column: one layout change per step, not two
-            sz = ((s16.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | (z << 16))[None, :]
-            s = (sz & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-            zc = sz >> 16
-            clo = zc * 0x00010001 + _CLO_BASE    # (1024 + z) in both halves
-            chi = zc * 0x00100010 + _CHI_BASE    # -(64 + z) in both halves
+            s, clo, chi = _group_constants(s_ptr, qz_ptr, g, N, cols, col_ok, shift_z)
             # the step's activations, one 16-byte load per word row: x32[4i + m] = (x_{8i+2m}, x_{8i+2m+1})
             xq = tl.load(x32_ptr + k0 // 2 + 4 * i[:, None] + tl.arange(0, 4)[None, :])
             x02, x13 = tl.split(tl.reshape(xq, (PACKED, 2, 2)))
@@ -291,14 +236,7 @@ if triton is not None:
         for k0 in range(k_start, k_stop, BLOCK_K):
             g = k0 // GROUP
             words = tl.load(w_ptrs + (k0 // 8) * stride_qk, mask=col_ok[None, :], other=0, eviction_policy=EVICT)
-            s16 = tl.load(s_ptr + g * N + cols, mask=col_ok, other=0.0)
-            zw = tl.load(qz_ptr + g * (N // 8) + cols // 8, mask=col_ok, other=0) + 0x11111111  # undo v1's -1
-            z = (zw >> shift_z) & 0xF
-            sz = ((s16.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF) | (z << 16))[None, :]
-            s = (sz & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-            zc = sz >> 16
-            clo = zc * 0x00010001 + _CLO_BASE
-            chi = zc * 0x00100010 + _CHI_BASE
+            s, clo, chi = _group_constants(s_ptr, qz_ptr, g, N, cols, col_ok, shift_z)
             xq = tl.load(x_ptrs + k0 // 2, mask=row_ok[:, None, None], other=0)        # (BLOCK_M, PACKED, 4)
             x02, x13 = tl.split(tl.reshape(xq, (BLOCK_M, PACKED, 2, 2)))
             xa, xc = tl.split(x02)    # (x0, x1), (x4, x5) of each token
