@@ -66,3 +66,45 @@ def dequantize_q4_k(data) -> np.ndarray:
     minimum = dmin * mn.astype(np.float32)
     w = scale[:, :, None] * q.astype(np.float32) - minimum[:, :, None]
     return w.reshape(-1).astype(np.float32)
+
+
+def pack_q4_k_scales_mins(sc: np.ndarray, mn: np.ndarray) -> np.ndarray:
+    """The inverse of ``q4_k_scales_mins``: (blocks, 8) six-bit scales and minimums -> (blocks, 12) bytes."""
+    if sc.max(initial=0) > 63 or mn.max(initial=0) > 63 or sc.min(initial=0) < 0 or mn.min(initial=0) < 0:
+        raise ValueError("Q4_K scales and minimums are 6-bit numbers, 0..63.")
+    sc, mn = sc.astype(np.uint8), mn.astype(np.uint8)
+    q = np.empty(sc.shape[:-1] + (12,), dtype=np.uint8)
+    q[..., 0:4] = sc[..., :4] | ((sc[..., 4:] >> 4) << 6)
+    q[..., 4:8] = mn[..., :4] | ((mn[..., 4:] >> 4) << 6)
+    q[..., 8:12] = (sc[..., 4:] & 0x0F) | ((mn[..., 4:] & 0x0F) << 4)
+    return q
+
+
+def quantize_q4_k(w) -> np.ndarray:
+    """float weights (a multiple of 256) -> Q4_K bytes, the simplest way: per sub-block of 32 the affine grid
+    from its minimum (at most 0) to its maximum, w ~ s * q - m with q in 0..15; then the 8 scales and 8 minimums
+    of a super-block rounded to 6 bits against its fp16 d and dmin, and the codes rounded against the scales
+    actually stored. (llama.cpp's quantizer also searches each sub-block's scale and minimum; this one does not.)"""
+    x = np.asarray(w, dtype=np.float32).reshape(-1)
+    weights, nbytes = LAYOUTS["Q4_K"]
+    if x.size % weights:
+        raise ValueError(f"Q4_K quantizes whole super-blocks of {weights} weights; got {x.size} weights.")
+    x = x.reshape(-1, 8, 32)
+    lo = np.minimum(x.min(axis=2), 0.0)                       # the grid starts at or below 0: w = s q - m, m >= 0
+    hi = np.maximum(x.max(axis=2), lo)
+    scale, minimum = (hi - lo) / 15, -lo                      # (blocks, 8)
+    d = (scale.max(axis=1) / 63).astype(np.float16)
+    dmin = (minimum.max(axis=1) / 63).astype(np.float16)
+    d32, dmin32 = d.astype(np.float32)[:, None], dmin.astype(np.float32)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sc = np.where(d32 > 0, np.clip(np.rint(scale / d32), 0, 63), 0).astype(np.uint8)
+        mn = np.where(dmin32 > 0, np.clip(np.rint(minimum / dmin32), 0, 63), 0).astype(np.uint8)
+        s_eff, m_eff = d32 * sc, dmin32 * mn                  # what the decoder will use
+        q = np.where(s_eff[:, :, None] > 0, np.rint((x + m_eff[:, :, None]) / s_eff[:, :, None]), 0)
+    q = np.clip(q, 0, 15).astype(np.uint8).reshape(-1, 4, 2, 32)      # run r: sub-blocks 2r (low), 2r + 1 (high)
+    out = np.empty((x.shape[0], nbytes), dtype=np.uint8)
+    out[:, 0:2] = d.view(np.uint8).reshape(-1, 2)
+    out[:, 2:4] = dmin.view(np.uint8).reshape(-1, 2)
+    out[:, 4:16] = pack_q4_k_scales_mins(sc, mn)
+    out[:, 16:] = (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(-1, 128)
+    return out.reshape(-1)
