@@ -18,7 +18,7 @@ JOBS ?= 2
 WHEEL_PYTHON ?= 3.12
 WHEELHOUSE ?= wheelhouse
 
-.PHONY: help setup lab test unit outputs bench wheelhouse gpu-run constraints check-python clean
+.PHONY: help setup lab test unit outputs bench llama-cpp wheelhouse gpu-run constraints check-python clean
 
 help:
 	@echo "make lab         set up .venv and open JupyterLab on notebooks/"
@@ -26,6 +26,7 @@ help:
 	@echo "make unit        unit tests only (no notebooks)"
 	@echo "make outputs     re-execute every notebook in the canonical environment (stores outputs)"
 	@echo "make bench       record GPU benchmarks into data/results/ (needs CUDA)"
+	@echo "make llama-cpp   build llama-cpp-python from source into .venv (chapter 06; ~17 min on 2 cores)"
 	@echo "make wheelhouse  wheels for an offline GPU machine (Python $(WHEEL_PYTHON), manylinux x86_64)"
 	@echo "make gpu-run     on a GPU machine, from the wheelhouse: GPU tests + every notebook (lax)"
 	@echo "make constraints re-pin constraints.txt from the current .venv"
@@ -77,6 +78,14 @@ bench: $(STAMP)
 	$(PY) -m course_lib.bench dequant-matmul
 	$(PY) -m course_lib.bench sparse24
 	$(PY) -m course_lib.bench distill
+
+# Optional (chapter 06): llama.cpp through llama-cpp-python, a source-only package that pip compiles with CMake.
+LLAMA_CPP_JOBS ?= $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
+llama-cpp: $(STAMP)
+	@echo "building llama-cpp-python 0.3.36 from source with $(LLAMA_CPP_JOBS) jobs: about 17 minutes on 2 cores"
+	CMAKE_BUILD_PARALLEL_LEVEL=$(LLAMA_CPP_JOBS) $(PY) -m pip install --disable-pip-version-check \
+	  -c constraints.txt llama-cpp-python==0.3.36
+	$(PY) -c 'import llama_cpp; print("llama-cpp-python", llama_cpp.__version__, "is installed")'
 
 constraints: $(STAMP)
 	@{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable | sed 's/^torch==\([0-9.]*\)+cpu/torch==\1/'; } > constraints.txt.new
