@@ -16,11 +16,14 @@
     python -m course_lib.bench sparse24 [--name ...]
     python -m course_lib.bench prune-sweep [--threads 1] [--name ...]     (CPU: chapter 07's perplexity sweep)
     python -m course_lib.bench distill [--profile large] [--part all|white|extras|encoder|seeds] [--name ...]  (chapter 08)
+    python -m course_lib.bench gguf [--threads 1] [--models ...] [--name ...]  (CPU: chapter 06, llama.cpp)
+    python -m course_lib.bench mixed [--models ...] [--seeds 0 1 2] [--threads 2]  (CPU: chapter 06, the allocator)
 
 Each benchmark lives in the package of the chapter it serves (kernels.bench, pipeline.model_eval,
 gptq.bench, awq.bench, bnb.bench, quant.bench, kv.bench, attention.bench, kernels.dequant_bench,
 kernels.w4a16_bench, memory.measure, prune.sparse_bench, prune.teach, distill.experiments,
-distill.seeds); this module only parses the command line and calls it. The shared timers are in core.timing.
+distill.seeds, mixed.gguf_bench, mixed.bench); this module only parses the command line and calls it. The shared timers are
+in core.timing.
 """
 
 from __future__ import annotations
@@ -131,6 +134,17 @@ def main(argv: list[str] | None = None) -> int:
     ds.add_argument("--workers", type=int, default=None,
                     help="--part seeds: trainings at once, one process each (default: all on CUDA, 1 on CPU)")
     ds.add_argument("--name", default=None, help="result file name (default: <device>_distill[_extras])")
+    gb = sub.add_parser("gguf", help="chapter 06: the course's GGUF files (gguf_io and llama.cpp's k-quants) in "
+                        "transformers and llama.cpp: size, bits per weight, perplexity, tokens, greedy ids, tokens/s")
+    gb.add_argument("--threads", type=int, default=1, help="llama.cpp and torch CPU threads (default: 1)")
+    gb.add_argument("--models", nargs="+", default=["course-model", "smollm2-135m"])
+    gb.add_argument("--name", default=None, help="result file name (default: cpu_gguf)")
+    mx = sub.add_parser("mixed", help="chapter 06: uniform GPTQ against the bits-per-weight allocator, perplexity "
+                        "at equal size over calibration seeds, on CPU")
+    mx.add_argument("--models", nargs="+", default=["course-model", "smollm2-135m"])
+    mx.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    mx.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    mx.add_argument("--name", default=None, help="result file name (default: cpu_mixed)")
     args = parser.parse_args(argv)
     try:
         if args.bench == "roofline":
@@ -193,6 +207,14 @@ def main(argv: list[str] | None = None) -> int:
 
                 record_distill(args.name, profile=args.profile, device=args.device, part=args.part,
                                seeds=tuple(args.seeds))
+        elif args.bench == "mixed":
+            from .mixed.bench import record
+
+            record(args.name, models=tuple(args.models), seeds=tuple(args.seeds), threads=args.threads)
+        elif args.bench == "gguf":
+            from .mixed.gguf_bench import record_gguf
+
+            record_gguf(args.name, threads=args.threads, model_names=tuple(args.models))
         elif args.bench == "awq-seeds":
             from .awq.bench import record_seed_spread
 

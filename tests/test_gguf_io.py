@@ -74,3 +74,21 @@ def test_bad_inputs(bundled, tmp_path):
         gguf_io.write_gguf(bundled[0], tmp_path / "x.gguf", "Q4_K")
     with pytest.raises(ValueError, match="No GGUF name"):
         gguf_io.gguf_name("model.layers.0.mlp.experts.0.w1.weight")
+
+
+def test_a_tied_output_head_is_written_once_and_re_tied(tmp_path):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=4096, max_position_embeddings=128, tie_word_embeddings=True,
+                      bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    path = gguf_io.write_gguf(model, tmp_path / "tied.gguf", "F16", tokenizer_json=TOKENIZER)
+    names = {t.name for t in gguf.GGUFReader(str(path)).tensors}
+    assert "token_embd.weight" in names and "output.weight" not in names
+    ids = torch.randint(1, 4096, (1, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(ids).logits
+        got = _reload(path)(ids).logits
+    assert (got - ref).abs().max().item() < 1e-2 * ref.abs().max().item()

@@ -33,6 +33,7 @@ RECORDED_DIR = REPO_ROOT / "data" / "results" / "recorded"
 LIBRARIES = {
     "gptqmodel": ("gptqmodel", "compress"),
     "llmcompressor": ("llmcompressor", "compress"),
+    "compressed_tensors": ("compressed-tensors", "compress"),
     "optimum": ("optimum", "compress"),
     "bitsandbytes": ("bitsandbytes", "compress"),
     "peft": ("peft", "compress"),

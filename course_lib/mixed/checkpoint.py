@@ -105,7 +105,7 @@ def save_mixed_checkpoint(model: nn.Module, results: dict[str, GPTQResult], out_
     out.mkdir(parents=True, exist_ok=True)
     work = copy.deepcopy(model).cpu()
     qconfig = _quantization_config(results)
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):  # progress bars
         apply_quantization_config(work, qconfig)
         for name, r in results.items():
             layer = work.get_submodule(name)

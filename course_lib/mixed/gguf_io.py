@@ -12,7 +12,8 @@ What a converter does (llama.cpp's ``convert_hf_to_gguf.py`` does the same for m
 * tensors renamed (``model.layers.3.self_attn.q_proj.weight`` -> ``blk.3.attn_q.weight``), and q and k permuted:
   transformers' rotary embedding rotates the two halves of a head (x_i with x_{i + d/2}), GGML's rotates
   neighbouring pairs (x_{2i} with x_{2i+1}), so the rows of each head are reordered; readers undo it;
-* 2-D weights quantized to the chosen block type (``gguf.quants.quantize``), norms kept in float32.
+* 2-D weights quantized to the chosen block type (``gguf.quants.quantize``), norms kept in float32; a tied output
+  head is not written twice (llama.cpp's converter leaves out ``output.weight`` too, and readers re-tie it).
 """
 
 from __future__ import annotations
@@ -102,9 +103,10 @@ def write_gguf(model, path, kind: str = "F16", *, tokenizer_json=None) -> Path:
         if value is not None:
             getattr(w, f"add_{name}_token_id")(value if isinstance(value, int) else value[0])
     qtype = getattr(gguf.GGMLQuantizationType, kind)
+    tied = bool(getattr(cfg, "tie_word_embeddings", False))
     for hf_name, tensor in model.state_dict().items():
-        if "rotary_emb" in hf_name:
-            continue
+        if "rotary_emb" in hf_name or (tied and hf_name == "lm_head.weight"):
+            continue                      # a tied output head is the embedding: readers re-tie it, as llama.cpp does
         name = gguf_name(hf_name)
         arr = tensor.detach().float().cpu().numpy()
         if name.endswith("attn_q.weight"):

@@ -14,6 +14,11 @@ H = 2/n sum_t x_t x_t^T of the inputs the float model gives it, and scored by it
 over the calibration tokens (no matrix of activations is kept: H is enough). Inputs come from the float model,
 as in EXL2's measurement pass, so one layer's error does not depend on the settings of the layers before it.
 
+With ``kl_tokens``, each layer x setting is also scored end to end: the quantized weights put into that one layer,
+the mean KL divergence of the whole model's next-token distributions from the float model's (``Measurement.kl``,
+``Measurement.end_to_end()``). It costs a forward pass per layer and setting, and sees what the relative error
+cannot: how much the layer's error matters downstream.
+
 Bits are counted as the course's mixed checkpoint stores them (compressed-tensors ``pack-quantized``, written by
 ``checkpoint.py``): each row's b-bit codes packed back to back into int32 words, one fp16 scale per group of g
 inputs (symmetric: no zero point), and the layer's shape as two int64:
@@ -28,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,6 +163,7 @@ def _fingerprint(model: nn.Module, calibration: torch.Tensor, settings, names: l
     h.update(json.dumps([[s.bits, s.group_size] for s in settings]).encode())
     h.update(json.dumps(kwargs, sort_keys=True).encode())
     h.update(str(FORMAT_VERSION).encode())
+    h.update(f"threads={torch.get_num_threads()}".encode())  # float sums in another order: other last digits
     return h.hexdigest()[:20]
 
 
@@ -242,7 +249,9 @@ def measure(model: nn.Module, calibration: torch.Tensor, settings=SETTINGS, *, k
                     [kls[n] for n in names] if ref is not None else [],
                     {"key": key, "calibration": list(calibration.shape),
                      "kl_tokens": None if kl_tokens is None else list(kl_tokens.shape), **kwargs})
-    if use_cache:
+    if use_cache:  # written whole, then renamed: a reader in another process never sees half a file
         file.parent.mkdir(parents=True, exist_ok=True)
-        file.write_text(json.dumps(m.to_json()))
+        tmp = file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(m.to_json()))
+        os.replace(tmp, file)
     return m
