@@ -216,8 +216,9 @@ def measure(model: nn.Module, calibration: torch.Tensor, settings=SETTINGS, *, k
     names = [f"{path}.{i}.{n}" for i in range(len(blocks)) for n in sum(groups, [])]
     settings = _check_settings(settings, model, names)
     kwargs = {"percdamp": percdamp, "act_order": act_order, "symmetric": True}
-    tokens = calibration if kl_tokens is None else torch.cat([calibration.flatten(), kl_tokens.flatten(),
-                                                               torch.tensor(kl_tokens.shape)])
+    tokens = calibration.cpu() if kl_tokens is None else torch.cat([calibration.cpu().flatten(),
+                                                                     kl_tokens.cpu().flatten(),
+                                                                     torch.tensor(kl_tokens.shape)])
     key = _fingerprint(model, tokens, settings, names, kwargs)
     file = Path(cache_dir or default_cache_dir()) / f"{key}.json"
     if use_cache and file.is_file():
