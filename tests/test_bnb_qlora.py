@@ -73,5 +73,6 @@ def test_short_qlora_run_lowers_loss_and_merges():
     assert sum(run.losses[-2:]) < sum(run.losses[:2])
     rows = {r["model"]: r for r in qlora.merge_report(model, None, tok, held[:1024])}
     unmerged = rows["QLoRA, adapters unmerged"]["held-out ppl"]
-    assert abs(rows["merged into 16-bit copy of the 4-bit base"]["held-out ppl"] / unmerged - 1) < 1e-4
+    # 1e-3: on a CPU with AVX-512 BF16, bitsandbytes runs the unmerged 4-bit layers with its own repacked bf16 kernel
+    assert abs(rows["merged into 16-bit copy of the 4-bit base"]["held-out ppl"] / unmerged - 1) < 1e-3
     assert rows["merged back into NF4"]["rounding / update"] > 0

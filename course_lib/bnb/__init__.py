@@ -11,3 +11,7 @@
 
 bitsandbytes needs no calibration data: each weight is quantized from its own values while the model loads.
 """
+
+from .cpu_kernels import ensure_reference_cpu_kernel as _ensure_reference_cpu_kernel
+
+_ensure_reference_cpu_kernel()  # bitsandbytes' native CPU dequantize_4bit is wrong on some CPUs (cpu_kernels.py)

@@ -175,7 +175,12 @@ def base_weight(layer: nn.Module) -> torch.Tensor:
     if getattr(w, "quant_state", None) is not None:
         import bitsandbytes.functional as F
 
-        return F.dequantize_4bit(w.data, w.quant_state).float()
+        data, state = w.data, w.quant_state
+        if getattr(state, "packing_format_for_cpu", False):
+            # on a CPU with AVX-512 BF16, Linear4bit's first forward in eval mode repacks its weight for its own
+            # matmul kernel; de-quantize from the standard layout
+            data, state = F._convert_weight_packed_for_cpu_inverse(data, state)
+        return F.dequantize_4bit(data, state).float()
     return w.detach().float()
 
 
