@@ -18,9 +18,9 @@ def ensure_reference_cpu_kernel() -> dict:
     """Probe once; override bitsandbytes' CPU dequantize_4bit with its generic kernel if the two disagree."""
     if STATUS:
         return STATUS
-    import importlib.util
+    from ..core.optional import missing
 
-    if importlib.util.find_spec("bitsandbytes") is None:
+    if missing("bitsandbytes"):
         STATUS.update(checked=False, reason="bitsandbytes is not installed")
         return STATUS
     import warnings
