@@ -51,3 +51,21 @@ def ensure_reference_cpu_kernel() -> dict:
             register_kernel("bitsandbytes::dequantize_4bit", "cpu")(generic)
     STATUS.update(checked=True, native_differs=differs, largest_difference=largest, overridden=differs)
     return STATUS
+
+
+def undo_cpu_packing(model) -> int:
+    """Put every 4-bit weight that bitsandbytes repacked for its CPU inference kernel back into the standard layout.
+
+    On a CPU with AVX-512 BF16, ``Linear4bit``'s first forward in eval mode repacks its weight (and marks the quant
+    state ``packing_format_for_cpu``); its training-mode forward does not undo that and then computes with the wrong
+    layout. Call this before training a model that has been evaluated. Returns how many weights were converted."""
+    converted = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        state = getattr(weight, "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            import bitsandbytes.functional as F
+
+            weight.data, weight.quant_state = F._convert_weight_packed_for_cpu_inverse(weight.data, state)
+            converted += 1
+    return converted

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..lm.perplexity import Protocol, perplexity
 from ..lm.tokens import random_windows
+from .cpu_kernels import undo_cpu_packing
 
 METHODS = ("full", "lora", "qlora")
 OPTIMIZERS = ("adamw", "adamw8bit", "paged_adamw8bit")
@@ -146,6 +147,7 @@ def train(model: nn.Module, stream: torch.Tensor, config: FinetuneConfig, *, pro
     generator = torch.Generator().manual_seed(config.seed)
     run = FinetuneRun(config, model, trainable=sum(p.numel() for p in params),
                       total=sum(parameter_count(p) for p in model.parameters()))
+    undo_cpu_packing(model)  # an earlier evaluation may have repacked 4-bit weights for bitsandbytes' CPU kernel
     model.train()
     start = time.perf_counter()
     for _ in tqdm(range(config.steps), desc=f"{config.method} fine-tune", disable=not progress):
