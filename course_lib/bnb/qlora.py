@@ -12,6 +12,7 @@ trained on): the first 85% of its tokens to train on, the last 15% to evaluate.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import math
 import time
@@ -181,7 +182,7 @@ def base_weight(layer: nn.Module) -> torch.Tensor:
         if getattr(state, "packing_format_for_cpu", False):
             # on a CPU with AVX-512 BF16, Linear4bit's first forward in eval mode repacks its weight for its own
             # matmul kernel; de-quantize from the standard layout
-            data, state = F._convert_weight_packed_for_cpu_inverse(data, state)
+            data, state = F._convert_weight_packed_for_cpu_inverse(data, copy.deepcopy(state))  # it edits the state
         return F.dequantize_4bit(data, state).float()
     return w.detach().float()
 
