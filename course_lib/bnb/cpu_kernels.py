@@ -31,11 +31,14 @@ def ensure_reference_cpu_kernel() -> dict:
     from bitsandbytes.backends.default.ops import _dequantize_4bit_compute
     from bitsandbytes.backends.utils import _get_4bit_code
 
+    # bitsandbytes wraps it in torch.compile, which recompiles for every new shape (and warns when it gives up):
+    # the eager function underneath computes the same elementwise lookup and product
+    compute = getattr(_dequantize_4bit_compute, "__wrapped__", _dequantize_4bit_compute)
+
     def generic(A, absmax, blocksize, quant_type, shape, dtype):
         if A.dtype != torch.uint8:
             A = A.view(torch.uint8)
-        return _dequantize_4bit_compute(A.reshape(-1), absmax, _get_4bit_code(quant_type, A.device), blocksize,
-                                        shape, dtype)
+        return compute(A.reshape(-1), absmax, _get_4bit_code(quant_type, A.device), blocksize, shape, dtype)
 
     largest = 0.0
     for shape in ((64, 128), (96, 160), (7, 64)):  # the wrong results depend on the shape (160 columns: wrong)
