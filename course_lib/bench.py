@@ -18,11 +18,12 @@
     python -m course_lib.bench distill [--profile large] [--part all|white|extras|encoder|seeds] [--name ...]  (chapter 08)
     python -m course_lib.bench gguf [--threads 1] [--models ...] [--name ...]  (CPU: chapter 06, llama.cpp)
     python -m course_lib.bench mixed [--models ...] [--seeds 0 1 2] [--threads 2]  (CPU: chapter 06, the allocator)
+    python -m course_lib.bench serving [--device cuda|cpu] [--models ...] [--repeats 3] [--threads N]  (chapter 13)
 
 Each benchmark lives in the package of the chapter it serves (kernels.bench, pipeline.model_eval,
 gptq.bench, awq.bench, bnb.bench, quant.bench, kv.bench, attention.bench, kernels.dequant_bench,
 kernels.w4a16_bench, memory.measure, prune.sparse_bench, prune.teach, distill.experiments,
-distill.seeds, mixed.gguf_bench, mixed.bench); this module only parses the command line and calls it. The shared timers are
+distill.seeds, mixed.gguf_bench, mixed.bench, serving.bench); this module only parses the command line and calls it. The shared timers are
 in core.timing.
 """
 
@@ -145,6 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     mx.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     mx.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     mx.add_argument("--name", default=None, help="result file name (default: cpu_mixed)")
+    sv = sub.add_parser("serving", help="chapter 13: one-at-a-time generate vs static batches vs the course engine, "
+                        "prefix caching, FP8 KV cache, speculative decoding")
+    sv.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
+    sv.add_argument("--models", nargs="+", default=None,
+                    help="course-model, smollm2-135m, llama-1b-shape (default: those set up for the device)")
+    sv.add_argument("--repeats", type=int, default=3, help="engine runs per setting (median and range recorded)")
+    sv.add_argument("--quick", action="store_true", help="a quarter of the requests")
+    sv.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    sv.add_argument("--name", default=None, help="result file name (default: <gpu>_serving or cpu_serving)")
     args = parser.parse_args(argv)
     try:
         if args.bench == "roofline":
@@ -215,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
             from .mixed.gguf_bench import record_gguf
 
             record_gguf(args.name, threads=args.threads, model_names=tuple(args.models))
+        elif args.bench == "serving":
+            from .serving.bench import record_serving
+
+            print(record_serving(args.device, args.models, repeats=args.repeats, quick=args.quick, name=args.name,
+                                 threads=args.threads))
         elif args.bench == "awq-seeds":
             from .awq.bench import record_seed_spread
 
