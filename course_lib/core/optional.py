@@ -40,6 +40,9 @@ LIBRARIES = {
     "torchao": ("torchao", "compress"),
     "lm_eval": ("lm-eval", "eval"),
     "triton": ("triton", "test"),
+    "fastapi": ("fastapi", "serve"),
+    "uvicorn": ("uvicorn", "serve"),
+    "openai": ("openai", "serve"),
 }
 
 

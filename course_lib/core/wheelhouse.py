@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build")
     b.add_argument("--python", default="3.12", help="target interpreter version (default 3.12)")
-    b.add_argument("--extras", default="test,notebooks,eval,compress", help="course_lib extras to include")
+    b.add_argument("--extras", default="test,notebooks,eval,compress,serve", help="course_lib extras to include")
     b.add_argument("--base", default="gpu-image", choices=["gpu-image", "torch"])
     b.add_argument("--out", type=Path, default=REPO_ROOT / "wheelhouse")
     b.add_argument("--no-real-model", action="store_true",

@@ -7,8 +7,13 @@ Modules, one idea each:
 * ``runner``       one model step on a flat batch: paged KV writes and reads, optional FP8 cache;
 * ``engine``       the scheduler: continuous batching, chunked prefill, prefix caching, preemption;
 * ``speculative``  speculative decoding with a draft model, and its acceptance rule;
+* ``draft``        the bundled model's draft (chapter 08's student, distilled longer) and how it was made;
+* ``teach``        the scheduler's admission written on plain integers (the exercises);
 * ``workload``     a seeded synthetic workload (Poisson arrivals) and the baselines it is served by;
-* ``server``       the OpenAI-compatible HTTP server (``python -m course_lib.serving.server``).
+* ``bench``        the recorded benchmark (``python -m course_lib.bench serving``);
+* ``async_engine`` one thread stepping the engine for many asyncio clients;
+* ``server``       the OpenAI-compatible HTTP server (``python -m course_lib.serving.server``);
+* ``http_bench``   the course server against llama.cpp's server over HTTP (servers started by ``launch``).
 """
 
 from .blocks import BlockPool, block_hash, prefix_hashes

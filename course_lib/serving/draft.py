@@ -2,7 +2,7 @@
 
 ``data/draft-model`` holds it (2.2M parameters, bf16, the bundled model's tokenizer). It was made with
 
-    python -m course_lib.serving.draft --steps 4000      # on a GPU; 144 s on an H200
+    python -m course_lib.serving.draft --steps 4000 --name h200_draft_training   # on a GPU; 144 s on an H200
 
 which trains ``distill.student.new_student`` by logit KD from the bundled model on the training split
 (alpha 0.1 on the hard labels, temperature 1, 4000 steps of 64 x 256 tokens) and keeps the checkpoint
@@ -12,7 +12,6 @@ with the lowest validation loss. The log is in data/results/h200_draft_training.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
@@ -62,12 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", default=str(DRAFT_DIR))
-    parser.add_argument("--log", default=None, help="write the training log here (JSON)")
+    parser.add_argument("--name", default=None, help="record the training log as data/results/<name>.json "
+                        "(e.g. h200_draft_training)")
     args = parser.parse_args(argv)
     log = train_draft(args.steps, args.device, args.out)
-    if args.log:
-        with open(args.log, "w") as f:
-            json.dump(log, f, indent=1)
+    if args.name:
+        from ..core.results import save_result
+
+        save_result(args.name, log["log"], command=f"python -m course_lib.serving.draft --steps {args.steps}",
+                    description="Chapter 13's speculative-decoding draft: chapter 08's student distilled from the "
+                                "bundled model by logit KD; rows: the evaluation log.",
+                    summary={"best": log["best"], "config": log["config"], "seconds": log["seconds"]})
     print(log["best"])
     return 0
 
