@@ -78,6 +78,7 @@ bench: $(STAMP)
 	$(PY) -m course_lib.bench dequant-matmul
 	$(PY) -m course_lib.bench sparse24
 	$(PY) -m course_lib.bench distill
+	$(PY) -m course_lib.bench serving
 
 # Optional (chapter 06): llama.cpp through llama-cpp-python, a source-only package that pip compiles with CMake.
 LLAMA_CPP_JOBS ?= $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 2)
