@@ -16,6 +16,7 @@ import torch
 from course_lib.bnb import int8 as bnb_int8
 from course_lib.bnb import nf4 as bnb_nf4
 from course_lib.exercises import ch05, check_tensor_cases, load_solutions
+from exercise_helpers import run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -23,11 +24,6 @@ NF4 = bnb_nf4.code_values("nf4")
 
 
 SOL = load_solutions("ch05")
-
-
-def run(check, fn, capsys) -> tuple[bool, str]:
-    ok = check(fn)
-    return ok, capsys.readouterr().out
 
 
 # --- plausible wrong NF4 solutions ---------------------------------------------------------------------------------

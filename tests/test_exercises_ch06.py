@@ -11,14 +11,10 @@ import pytest
 import torch
 
 from course_lib.exercises import ch06, load_solutions
+from exercise_helpers import run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SOL = load_solutions("ch06")
-
-
-def run(check, fn, capsys) -> tuple[bool, str]:
-    ok = check(fn)
-    return ok, capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name, n_cases", [("decode_q8_0", 12), ("allocate_exact", 11)])

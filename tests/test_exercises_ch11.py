@@ -16,20 +16,12 @@ import torch
 
 from course_lib.exercises import ch11, load_solutions
 from course_lib.gptq.qlinear import unpack_rows
+from exercise_helpers import hint_of, run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SOL = load_solutions("ch11")
-
-
-def run(check, fn, capsys) -> tuple[bool, str]:
-    ok = check(fn)
-    return ok, capsys.readouterr().out
-
-
-def hint_of(out: str) -> str:
-    return out.split("Hint: ", 1)[1]
 
 
 # --- the solutions and the stub --------------------------------------------------------------------------------------

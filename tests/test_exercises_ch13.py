@@ -17,19 +17,11 @@ import torch
 
 from course_lib.exercises import ch13, load_solutions
 from course_lib.serving.blocks import ROOT, block_hash, prefix_hashes
+from exercise_helpers import hint_of, run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SOL = load_solutions("ch13")
-
-
-def run(check, fn, capsys) -> tuple[bool, str]:
-    ok = check(fn)
-    return ok, capsys.readouterr().out
-
-
-def hint_of(out: str) -> str:
-    return out.split("Hint: ", 1)[1]
 
 
 # --- the solutions and the stub ---------------------------------------------------------------------------------------
@@ -377,7 +369,7 @@ def test_the_learner_cannot_change_the_references_inputs(capsys):
     assert run(ch13.check_prefix_cache_hit, list_mutator, capsys)[0]
     assert run(ch13.check_speculative_accept, tensor_mutator, capsys)[0]
     cases = ch13.prefix_cache_hit_cases()[1]
-    args = ch13._copy_args(cases[0])
+    args = ch13._clone_args(cases[0])
     list_mutator(*args)
     assert cases[0][0] and cases[0][2]                      # the copies were emptied, not the case
 

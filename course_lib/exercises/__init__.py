@@ -106,23 +106,40 @@ def check_tensor_cases(
     """
     import torch
 
-    if labels is not None and len(labels) != len(cases):
+    def compare(got: Any, expected: Any) -> tuple[str, Any]:
+        problem, comparable = _tensor_mismatch(got, expected, atol, rtol, torch)
+        return problem, (got if comparable else None)
+
+    labels = list(labels) if labels is not None else [_describe_args(args) for args in cases]
+    return check_against(title, fn, cases, reference, compare, labels=labels, hint=hint, diagnose=diagnose)
+
+
+def check_against(title: str, fn: Callable[..., Any], cases: Sequence[tuple], reference: Callable[..., Any],
+                  compare: Callable[[Any, Any], tuple[str, Any]], *, labels: Sequence[str], hint: str = "",
+                  diagnose: Callable[[tuple, Any], str | None] | None = None) -> bool:
+    """The loop behind every check: run fn(*args) for each case, compare with reference(*args), print the outcome.
+
+    compare(got, expected) returns ('', _) when got matches, else (what is wrong, got in a comparable form or
+    None). fn gets copies of tensor, list and dict arguments. After the first mismatch, diagnose(args, comparable
+    got) may name the mistake (only when got was comparable; its own errors are ignored), otherwise `hint` shows.
+    True when every case matches.
+    """
+    if len(labels) != len(cases):
         raise ValueError(f"{len(labels)} labels for {len(cases)} cases.")
-    for i, args in enumerate(cases):
-        label = labels[i] if labels is not None else _describe_args(args)
+    for label, args in zip(labels, cases):
         expected = reference(*_clone_args(args))
         ok, got = _call(title, fn, _clone_args(args), f"for {label} it")
         if not ok:
             return False
         try:
-            problem, comparable = _tensor_mismatch(got, expected, atol, rtol, torch)
-        except Exception as exc:  # e.g. a tensor that cannot be copied to the CPU
-            problem, comparable = f"its result could not be compared ({type(exc).__name__}: {exc}).", False
+            problem, comparable = compare(got, expected)
+        except Exception as exc:  # e.g. a tensor that cannot be copied to the CPU, an answer too odd to compare
+            problem, comparable = f"its result could not be compared ({type(exc).__name__}: {exc}).", None
         if problem:
             specific = None
-            if comparable and diagnose is not None:
+            if comparable is not None and diagnose is not None:
                 try:
-                    specific = diagnose(args, got)
+                    specific = diagnose(args, comparable)
                 except Exception:  # a diagnosis is a bonus; never let it hide the result
                     specific = None
             text = specific or hint
@@ -133,9 +150,11 @@ def check_tensor_cases(
 
 
 def _clone_args(args: tuple) -> tuple:
+    """Copies of tensor, list and dict arguments: the learner's function cannot change the reference's inputs."""
     import torch
 
-    return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+    return tuple(a.clone() if isinstance(a, torch.Tensor) else a.copy() if isinstance(a, (list, dict)) else a
+                 for a in args)
 
 
 def _describe_args(args: tuple) -> str:

@@ -30,54 +30,9 @@ import torch
 from ..serving.blocks import ROOT, block_hash, prefix_hashes
 from ..serving.speculative import accept_step
 from ..serving.teach import admission_plan
-from . import _call, _short, _tensor_mismatch
+from . import _clone_args, _short, _tensor_mismatch, check_against
 
 # --- comparing answers that are not one tensor ------------------------------------------------------------------------
-
-
-def _copy_args(args: tuple) -> tuple:
-    """Copies of tensor, list and dict arguments, so that the learner's function cannot change the reference's."""
-    def copy(a):
-        if isinstance(a, torch.Tensor):
-            return a.clone()
-        if isinstance(a, (list, dict)):
-            return a.copy()
-        return a
-    return tuple(copy(a) for a in args)
-
-
-def _check_against(title: str, fn: Callable[..., Any], cases: Sequence[tuple], reference: Callable[..., Any],
-                   compare: Callable[[Any, Any], tuple[str, Any]], *, labels: Sequence[str], hint: str,
-                   diagnose: Callable[[tuple, Any], str | None] | None = None) -> bool:
-    """Run fn(*args) for each case and compare with reference(*args); print the outcome; True when all match.
-
-    compare(got, expected) returns ('', _) when got matches, else (what is wrong, got in a comparable form or
-    None). After the first mismatch, diagnose(args, comparable got) may name the mistake (its errors are
-    ignored); otherwise `hint` shows.
-    """
-    if len(labels) != len(cases):
-        raise ValueError(f"{len(labels)} labels for {len(cases)} cases.")
-    for label, args in zip(labels, cases):
-        expected = reference(*_copy_args(args))
-        ok, got = _call(title, fn, _copy_args(args), f"for {label} it")
-        if not ok:
-            return False
-        try:
-            problem, comparable = compare(got, expected)
-        except Exception as exc:  # the learner's answer is too odd to compare: say so, don't crash the notebook
-            problem, comparable = f"its result could not be compared ({type(exc).__name__}: {exc}).", None
-        if problem:
-            specific = None
-            if comparable is not None and diagnose is not None:
-                try:
-                    specific = diagnose(args, comparable)
-                except Exception:  # a diagnosis is a bonus; never let it hide the result
-                    specific = None
-            text = specific or hint
-            print(f"[x] {title}: for {label}: {problem}" + (f" Hint: {text}" if text else ""))
-            return False
-    print(f"[ok] {title}: correct ({len(cases)} cases).")
-    return True
 
 
 def _is_int(x: Any) -> bool:
@@ -109,7 +64,7 @@ def _diagnosis(fn: Callable[..., Any], cases: Sequence[tuple], reference: Callab
         answers = []
         for other in cases:
             try:
-                answers.append((other, compare(fn(*_copy_args(other)), reference(*_copy_args(other)))[1]))
+                answers.append((other, compare(fn(*_clone_args(other)), reference(*_clone_args(other)))[1]))
             except Exception:  # the learner's function fails elsewhere: judge by the cases it answers
                 continue
         for kwargs, message in candidates:
@@ -268,7 +223,7 @@ def check_prefix_cache_hit(fn) -> bool:
     labels, cases = prefix_cache_hit_cases()
     diagnose = _diagnosis(fn, cases, reference_prefix_cache_hit, _compare_block_ids, _prefix_by_hand,
                           _PREFIX_VARIANTS, lambda a, b: list(a) == list(b))
-    return _check_against("prefix_cache_hit", fn, cases, reference_prefix_cache_hit, _compare_block_ids,
+    return check_against("prefix_cache_hit", fn, cases, reference_prefix_cache_hit, _compare_block_ids,
                           labels=labels, hint=_PREFIX_HINT, diagnose=diagnose)
 
 
@@ -443,7 +398,7 @@ def check_speculative_accept(fn) -> bool:
     than the draft did. n must be equal, the distribution (V,) within 1e-9 + 1e-9 * |expected|.
     """
     labels, cases = speculative_accept_cases()
-    return _check_against("speculative_accept", fn, cases, reference_speculative_accept, _compare_accept,
+    return check_against("speculative_accept", fn, cases, reference_speculative_accept, _compare_accept,
                           labels=labels, hint=_SPEC_HINT, diagnose=_diagnose_accept(fn))
 
 
@@ -587,7 +542,7 @@ def check_admit(fn) -> bool:
     labels, cases = admit_cases()
     diagnose = _diagnosis(fn, cases, reference_admit, _compare_plan, _admit_by_hand, _ADMIT_VARIANTS,
                           lambda a, b: list(a) == list(b))
-    return _check_against("admit", fn, cases, reference_admit, _compare_plan, labels=labels, hint=_ADMIT_HINT,
+    return check_against("admit", fn, cases, reference_admit, _compare_plan, labels=labels, hint=_ADMIT_HINT,
                           diagnose=diagnose)
 
 
