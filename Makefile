@@ -18,13 +18,14 @@ JOBS ?= 2
 WHEEL_PYTHON ?= 3.12
 WHEELHOUSE ?= wheelhouse
 
-.PHONY: help setup lab test unit outputs bench llama-cpp wheelhouse gpu-run constraints check-python clean
+.PHONY: help setup lab test unit outputs solved bench llama-cpp wheelhouse gpu-run constraints check-python clean
 
 help:
 	@echo "make lab         set up .venv and open JupyterLab on notebooks/"
 	@echo "make test        set up .venv, run unit tests and strict nbval on every notebook"
 	@echo "make unit        unit tests only (no notebooks)"
 	@echo "make outputs     re-execute every notebook in the canonical environment (stores outputs)"
+	@echo "make solved      copies of the notebooks with the exercise solutions filled in, run (solved/)"
 	@echo "make bench       record GPU benchmarks into data/results/ (needs CUDA)"
 	@echo "make llama-cpp   build llama-cpp-python from source into .venv (chapter 06; ~17 min on 2 cores)"
 	@echo "make wheelhouse  wheels for an offline GPU machine (Python $(WHEEL_PYTHON), manylinux x86_64)"
@@ -66,6 +67,10 @@ unit: $(STAMP)
 
 outputs: $(STAMP)
 	$(PY) -m course_lib.core.canonical execute -j $(JOBS) $(if $(NB),$(NB),$(NOTEBOOKS))
+
+# Instructors: the notebooks with the reference solutions in place of the exercise stubs, executed, in solved/.
+solved: $(STAMP)
+	$(PY) -m course_lib.exercises.solved --execute $(if $(NB),$(NB),$(NOTEBOOKS))
 
 bench: $(STAMP)
 	$(PY) -m course_lib.bench roofline

@@ -20,8 +20,13 @@ def stub(*args, **kwargs):
     raise NotImplementedError
 
 
-def test_every_chapter_has_exercises():
-    assert CHAPTERS and all(2 <= len(importlib.import_module(f"course_lib.exercises.{c}").EXERCISES) <= 4 for c in CHAPTERS)
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_every_chapter_has_exercises(chapter):
+    """2-4 exercises per chapter, plus at most 4 warm-up formulas listed in the module's WARM_UPS."""
+    module = importlib.import_module(f"course_lib.exercises.{chapter}")
+    warm_ups = set(getattr(module, "WARM_UPS", ()))
+    assert warm_ups <= set(module.EXERCISES) and len(warm_ups) <= 4
+    assert 2 <= len(set(module.EXERCISES) - warm_ups) <= 4
 
 
 @pytest.mark.parametrize("chapter, name", CASES)
