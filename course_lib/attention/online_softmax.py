@@ -8,6 +8,7 @@ softmax(x)_i = exp(x_i - m) / Σ_j exp(x_j - m) with m = max x (subtracting m av
   corrects it: l ← l·exp(m_old - m_new) + exp(x_i - m_new).
 * Blocks: two partial (m, l) pairs merge the same way, so a row can be processed block by block,
   in any order, which is exactly what a tiled attention kernel needs.
+* ``row_stats``: the (m, l) a pass must end with, computed directly (masked rows included): a reference.
 
 The loops run over the last dimension one element (or block) at a time, vectorised over the rest.
 """
@@ -64,3 +65,15 @@ def softmax_blocked(x: torch.Tensor, block: int) -> torch.Tensor:
         stats = local if stats is None else merge_stats(stats, local)
     m, l = stats
     return (torch.exp(x.float() - m[..., None]) / l[..., None]).to(x.dtype)
+
+
+def row_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (m, l) that any pass over a row must end with, computed directly in float64: m = max x, l = Σ exp(x - m).
+
+    Masked scores are -inf and add nothing. A row with no finite score (fully masked) has m = -inf and l = 0,
+    where exp(x - m) alone would give NaN; the reference for chapter 10's online-softmax exercise.
+    """
+    x = x.double()
+    m = x.amax(-1)
+    shift = torch.where(m == float("-inf"), 0.0, m)  # a fully masked row: exp(-inf - 0) = 0, not NaN
+    return m, torch.exp(x - shift[..., None]).sum(-1)
