@@ -114,3 +114,54 @@ def sparsegpt_prune_weight(W: torch.Tensor, H: torch.Tensor, sparsity: float = 0
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]                         # lazy update of all later columns
     return SparseGPTResult(weight=W.to(dtype), mask=mask, loss=loss, damp=damp,
                            sparsity=sparsity, nm=nm, bits=bits)
+
+
+@torch.no_grad()
+def sparsegpt_block(W: torch.Tensor, U: torch.Tensor, i1: int, i2: int, sparsity: float = 0.5, *,
+                    nm=None) -> torch.Tensor:
+    """One block of sparsegpt_prune_weight's loop on its own (no quantization): columns i1:i2 of W (out, in).
+
+    U is the upper Cholesky factor of the damped H^-1 (course_lib.gptq.hessian.inverse_cholesky_upper). The mask
+    is chosen on the block's weights as given (which hold the updates of the blocks before): the k =
+    int(rows * (i2 - i1) * sparsity) lowest saliencies (w / U_jj)^2 of the block jointly, or with nm the M - N
+    lowest of each row in every group of M columns, chosen when the group starts. Then column by column: q = w
+    (0 where pruned), err = (w - q) / U_jj, the block's later columns w_k -= err U_jk; finally every column from i2
+    on gets the block's errors at once (W[:, i2:] -= Err @ U[i1:i2, i2:]).
+
+    Returns a float32 copy of W with columns before i1 unchanged. Looped over i1 = 0, blocksize, 2 blocksize, ...
+    it gives sparsegpt_prune_weight(W, H, sparsity, nm=nm, blocksize=blocksize).weight (after fix_dead_columns).
+    Chapter 07's exercise compares with it.
+    """
+    nm = parse_nm(nm)
+    sparsity = 1 - nm[0] / nm[1] if nm else check_sparsity(sparsity)
+    if not 0 <= i1 < i2 <= W.shape[1]:
+        raise ValueError(f"the block must satisfy 0 <= i1 < i2 <= in_features = {W.shape[1]}, got {i1}:{i2}.")
+    if nm and (i2 - i1) % nm[1]:
+        raise ValueError(f"a block of {i2 - i1} columns holds no whole number of {nm[0]}:{nm[1]} groups.")
+    if U.shape != (W.shape[1], W.shape[1]):
+        raise ValueError(f"U must be ({W.shape[1]}, {W.shape[1]}), got {tuple(U.shape)}.")
+    W = W.detach().to(torch.float32).clone()
+    U = U.detach().to(device=W.device, dtype=torch.float32)
+    W1 = W[:, i1:i2].clone()
+    Q1 = torch.zeros_like(W1)
+    Err1 = torch.zeros_like(W1)
+    U1 = U[i1:i2, i1:i2]
+    d = torch.diag(U1)
+    if nm is None:  # adaptive mask: the k least salient weights of the whole block
+        saliency = (W1 / d) ** 2
+        keep1 = prune_lowest(saliency.reshape(-1), int(saliency.numel() * sparsity)).reshape(W1.shape).to(W1.dtype)
+    else:
+        keep1 = torch.ones_like(W1)
+    for i in range(i2 - i1):
+        if nm is not None and i % nm[1] == 0:  # a group of M columns starts: keep the N most salient per row
+            n, m = nm
+            keep1[:, i:i + m] = prune_lowest((W1[:, i:i + m] / d[i:i + m]) ** 2, m - n).to(W1.dtype)
+        w = W1[:, i]
+        q = w * keep1[:, i]
+        Q1[:, i] = q
+        err = (w - q) / d[i]
+        W1[:, i:].addr_(err, U1[i, i:], alpha=-1)
+        Err1[:, i] = err
+    W[:, i1:i2] = Q1
+    W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+    return W
