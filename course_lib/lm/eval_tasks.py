@@ -16,6 +16,10 @@ Both use the **test** split: it is what the course reports perplexity on (``cour
 nothing is tuned on it, and the validation split stays free for choosing settings. The train and
 calibration splits are never read. Both tasks carry the tag ``course``.
 
+A third task, ``course_qa`` (short questions for the real chat model), is built by
+``course_lib.eval.qa_task`` into the same directory; ``evaluate`` and ``cli_command`` accept it by
+name (not in the default ``TASKS`` nor the tag), and report its metrics as ``qa_acc`` and ``qa_acc_norm``.
+
 Building (run once, result committed under ``data/lm_eval/``; byte-identical when run twice)::
 
     python -m course_lib.lm.eval_tasks build [--out data/lm_eval]
@@ -54,6 +58,7 @@ TASK_DIR = REPO_ROOT / "data" / "lm_eval"  # the --include_path
 PPL_TASK = "course_ppl"
 NEXTLINE_TASK = "course_nextline"
 TASKS = (PPL_TASK, NEXTLINE_TASK)
+QA_TASK = "course_qa"  # built by course_lib.eval.qa_task; run only when named
 GROUP = "course"  # a tag: both tasks
 SOURCE_SPLIT = "test"
 SEED = "course-lm-eval-v1"
@@ -82,9 +87,13 @@ HEADLINE = {
     NEXTLINE_TASK: ("acc", "acc_norm", "acc_mutual_info"),
 }
 CHANCE = {metric: 1 / N_CHOICES for metric in HEADLINE[NEXTLINE_TASK]}
+QA_HEADLINE = ("acc", "acc_norm")  # course_qa's, returned as qa_acc, qa_acc_norm (no clash with course_nextline)
+METRICS = {**HEADLINE, QA_TASK: QA_HEADLINE}
+KEY_PREFIX = {QA_TASK: "qa_"}
 
 LOADER_MODULE = "course_lm_eval_data"
 BUILD_COMMAND = "python -m course_lib.lm.eval_tasks build"
+BUILD_COMMANDS = {QA_TASK: "python -m course_lib.eval.qa_task build"}
 
 
 class TaskDataMissingError(FileNotFoundError):
@@ -351,6 +360,8 @@ def build(out_dir: Path | str = TASK_DIR, *, verbose: bool = False) -> dict:
         # the loader is hand-written source kept in the task directory; a build elsewhere copies it
         f"{LOADER_MODULE}.py": (TASK_DIR / f"{LOADER_MODULE}.py").read_text(encoding="utf-8"),
     }
+    kept, kept_files = _other_tasks(out)
+    files.update(kept_files)
     split_sha = hashlib.sha256(load_split(SOURCE_SPLIT).encode("utf-8")).hexdigest()
     manifest = {
         "built_by": BUILD_COMMAND,
@@ -365,6 +376,7 @@ def build(out_dir: Path | str = TASK_DIR, *, verbose: bool = False) -> dict:
                             "context_lines": CONTEXT_LINES, "choices": N_CHOICES,
                             "line_chars": [LINE_MIN_CHARS, LINE_MAX_CHARS],
                             "length_tolerance": LENGTH_TOLERANCE, "chance": 1 / N_CHOICES},
+            **kept,
         },
         "files": {name: hashlib.sha256(text.encode("utf-8")).hexdigest()
                   for name, text in sorted(files.items())},
@@ -376,6 +388,20 @@ def build(out_dir: Path | str = TASK_DIR, *, verbose: bool = False) -> dict:
         for name in sorted(files):
             print(f"{out / name}  {len(files[name].encode('utf-8')):>8} bytes")
     return manifest
+
+
+def _other_tasks(out: Path) -> tuple[dict, dict[str, str]]:
+    """Manifest entries and files of tasks that other builders wrote (course_qa), kept by a rebuild.
+
+    Read from ``out``'s manifest, or from the committed directory's when ``out`` has none yet."""
+    source = out if (out / "manifest.json").is_file() else TASK_DIR
+    if not (source / "manifest.json").is_file():
+        return {}, {}
+    old = json.loads((source / "manifest.json").read_text(encoding="utf-8"))
+    entries = {task: entry for task, entry in old.get("tasks", {}).items() if task not in TASKS}
+    files = {name: (source / name).read_text(encoding="utf-8") for name in old.get("files", {})
+             if name.rsplit(".", 1)[0] in entries and (source / name).is_file()}
+    return entries, files
 
 
 def load_docs(task: str, task_dir: Path | str | None = None) -> list[dict]:
@@ -395,7 +421,7 @@ def load_docs(task: str, task_dir: Path | str | None = None) -> list[dict]:
 def _check_tasks(tasks) -> list[str]:
     if isinstance(tasks, str):
         tasks = [tasks]
-    valid = (*TASKS, GROUP)
+    valid = (*TASKS, GROUP, QA_TASK)
     unknown = [t for t in tasks if t not in valid]
     if unknown or not tasks:
         raise ValueError(f"unknown task {', '.join(map(repr, unknown)) or '(none given)'}; "
@@ -414,7 +440,7 @@ def _check_data(task_dir: Path, tasks) -> None:
             if not (task_dir / name).is_file():
                 raise TaskDataMissingError(
                     f"{task_dir / name} is missing: the lm-eval task data has not been built. "
-                    f"Create it with: {BUILD_COMMAND}")
+                    f"Create it with: {BUILD_COMMANDS.get(task, BUILD_COMMAND)}")
 
 
 class _DropCustomDatasetHint(logging.Filter):
@@ -431,12 +457,13 @@ def _max_positions(model) -> int | None:
 
 def evaluate(model, tokenizer, tasks=TASKS, limit: int | float | None = None, batch_size: int = 16,
              *, max_length: int | None = None, task_dir: Path | str | None = None, seed: int = 0,
-             raw: bool = False) -> dict:
+             raw: bool = False, stderr: bool = False) -> dict:
     """Run the course tasks with ``lm_eval.simple_evaluate`` on an in-memory model.
 
     Returns the headline metrics as floats: ``word_perplexity``, ``byte_perplexity`` and
     ``bits_per_byte`` (course_ppl), ``acc``, ``acc_norm`` and ``acc_mutual_info`` (course_nextline),
-    for the tasks run.
+    for the tasks run; ``qa_acc`` and ``qa_acc_norm`` for course_qa. ``stderr=True`` adds lm-eval's
+    standard error of each as ``<key>_stderr`` (NaN where lm-eval gives none: the perplexities).
     ``limit`` caps the documents per task (an int, or a fraction of each task). ``max_length`` is
     lm-eval's window (default: the model's positions); a passage longer than it is scored in
     rolling windows. ``raw=True``
@@ -481,8 +508,12 @@ def evaluate(model, tokenizer, tasks=TASKS, limit: int | float | None = None, ba
     scores: dict[str, float] = {}
     for task in names:
         row = results["results"][task]
-        for metric in HEADLINE[task]:
-            scores[metric] = float(row[f"{metric},none"])
+        for metric in METRICS[task]:
+            key = KEY_PREFIX.get(task, "") + metric
+            scores[key] = float(row[f"{metric},none"])
+            if stderr:
+                se = row.get(f"{metric}_stderr,none")
+                scores[f"{key}_stderr"] = float(se) if isinstance(se, (int, float)) else math.nan
     return scores
 
 
