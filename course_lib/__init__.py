@@ -7,7 +7,7 @@ the same algorithm, complete and tested. The layout (README, "How the code is or
     lm/         the course's language model as the chapters use it: loading, tokens, blocks, training helpers,
                 perplexity, lm-eval tasks
     pipeline/   how the bundled model was built: corpus, tokenizer, training run, card, baselines
-    formats/ quant/ gptq/ awq/ prune/ distill/ kv/ attention/ kernels/   one package per chapter or idea
+    formats/ quant/ gptq/ awq/ prune/ distill/ kv/ attention/ kernels/ eval/ ...   one package per chapter or idea
     bench.py    `python -m course_lib.bench NAME`: runs the benchmark that a package owns
     exercises/  the exercise checks, one module per chapter
 

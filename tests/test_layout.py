@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "course_lib"
 LAYERS = {"core": 0, "lm": 1, "pipeline": 2}
-CHAPTERS = ("formats", "quant", "gptq", "awq", "bnb", "mixed", "prune", "distill", "kv", "attention", "kernels", "memory", "serving")
+CHAPTERS = ("formats", "quant", "gptq", "awq", "bnb", "mixed", "prune", "distill", "kv", "attention", "kernels", "memory", "eval", "serving")
 TOP = ("bench", "exercises", "__init__")
 
 

@@ -14,6 +14,7 @@ without its context), and the metrics are argmaxes over them.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import torch
@@ -71,3 +72,23 @@ def fingerprint(model) -> str:
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def quiet_harness():
+    """lm-eval without its progress bars and notices: its bars ignore TQDM_DISABLE (it passes `disable`
+    itself) and would fill a notebook's output; inside the block they go nowhere, and lm-eval's loggers show
+    only errors. Results are unchanged."""
+    import io
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("lm_eval", "lm-eval")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
