@@ -19,11 +19,12 @@
     python -m course_lib.bench gguf [--threads 1] [--models ...] [--name ...]  (CPU: chapter 06, llama.cpp)
     python -m course_lib.bench mixed [--models ...] [--seeds 0 1 2] [--threads 2]  (CPU: chapter 06, the allocator)
     python -m course_lib.bench serving [--device cuda|cpu] [--models ...] [--repeats 3] [--threads N]  (chapter 13)
+    python -m course_lib.bench leaderboard [--device cpu|cuda] [--models ...] [--variants ...] [--quick] [--threads N]  (chapter 12)
 
 Each benchmark lives in the package of the chapter it serves (kernels.bench, pipeline.model_eval,
 gptq.bench, awq.bench, bnb.bench, quant.bench, kv.bench, attention.bench, kernels.dequant_bench,
 kernels.w4a16_bench, memory.measure, prune.sparse_bench, prune.teach, distill.experiments,
-distill.seeds, mixed.gguf_bench, mixed.bench, serving.bench); this module only parses the command line and calls it. The shared timers are
+distill.seeds, mixed.gguf_bench, mixed.bench, serving.bench, eval.leaderboard); this module only parses the command line and calls it. The shared timers are
 in core.timing.
 """
 
@@ -155,6 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--quick", action="store_true", help="a quarter of the requests")
     sv.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     sv.add_argument("--name", default=None, help="result file name (default: <gpu>_serving or cpu_serving)")
+    lb = sub.add_parser("leaderboard", help="chapter 12: every compressed variant of both models in one table (bytes, "
+                        "bits per weight, perplexity with intervals, lm-eval, time per token)")
+    lb.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    lb.add_argument("--models", nargs="+", default=["course-model", "smollm2-135m"])
+    lb.add_argument("--quick", action="store_true", help="fewer tokens, items and calibration windows (a smoke run)")
+    lb.add_argument("--threads", type=int, default=None, help="torch CPU threads (and llama.cpp's)")
+    lb.add_argument("--name", default=None, help="result file name (default: cpu_leaderboard or <gpu>_leaderboard)")
+    lb.add_argument("--variants", nargs="+", default=None, metavar="VARIANT",
+                    help="only these variants, quoted (e.g. 'GPTQ 4-bit'); the file's other rows stay")
     args = parser.parse_args(argv)
     try:
         if args.bench == "roofline":
@@ -247,6 +257,11 @@ def main(argv: list[str] | None = None) -> int:
             from .gptq.bench import record_gptq_time
 
             record_gptq_time(args.device, tuple(args.bits), tuple(args.tools), args.threads, args.repeats, args.name)
+        elif args.bench == "leaderboard":
+            from .eval.leaderboard import record_leaderboard
+
+            record_leaderboard(args.name, args.device, tuple(args.models), quick=args.quick, threads=args.threads,
+                               variants=args.variants)
         elif args.bench == "awq-time":
             from .awq.bench import record_awq_time
 
