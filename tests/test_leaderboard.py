@@ -171,6 +171,13 @@ def test_plot_draws_every_variant_and_the_front():
     front = axes[0].lines[0]   # the step line through the front, sizes in MB
     assert list(front.get_xdata()) == [20e-6, 30e-6, 100e-6]
     assert sum(len(c.get_offsets()) for c in axes[0].collections) == 4
+    # RTN 2-bit (40) is above twice the float perplexity: drawn on the top edge and named there
+    assert axes[0].get_ylim()[1] == 20.0 and max(max(c.get_offsets()[:, 1]) for c in axes[0].collections) == 20.0
+    above = [[t.get_text() for t in ax.texts if t.get_text().startswith("above")] for ax in axes]
+    assert above == [["above the axis: RTN 2-bit (40)"], []]
+    plt.close(fig)
+    fig, axes = plot_leaderboard(rows, y_clip=None)   # everything on a log axis
+    assert axes[0].get_yscale() == "log" and not any(t.get_text().startswith("above") for t in axes[0].texts)
     plt.close(fig)
 
 

@@ -99,35 +99,60 @@ FAMILY_LABELS = {"reference": "float", "rtn": "RTN", "gptq": "GPTQ", "awq": "AWQ
 
 
 def plot_leaderboard(rows: Sequence[dict], models: Sequence[str] | None = None, *, label_front: bool = True,
-                     exclude: Sequence[str] = ()):
-    """Perplexity against bytes on disk (both log scales), one panel per model: every variant by family, the
-    Pareto front (of the families not in `exclude`) as a step line, the float32 perplexity as a dashed line.
-    Returns (fig, axes)."""
+                     exclude: Sequence[str] = (), y_clip: float | None = 2.0):
+    """Perplexity against bytes on disk (log scale), one panel per model: every variant by family, the Pareto front
+    (of the families not in `exclude`) as a step line, the float32 perplexity as a dashed line. `y_clip`: the
+    y axis stops at that multiple of the float perplexity, and variants above it are drawn on the top edge as
+    triangles and named there with their perplexity (None: a log axis holding everything). Returns (fig, axes)."""
+    from matplotlib.ticker import FuncFormatter
+
     from ..core.plotting import PALETTE, new_axes
 
     models = list(models or _models(rows))
     fig, axes = new_axes(ncols=len(models), figsize=(6.0 * len(models), 4.6))
     axes = list(axes) if len(models) > 1 else [axes]
     fronts = pareto_front(rows, exclude=exclude)
-    families = list(FAMILY_LABELS)
+    others = [c for c in PALETTE if c != "#000000"] + ["#7f7f7f", "#8c564b"]   # black is the float model's
+    colors = {"reference": "black", **{fam: others[k % len(others)] for k, fam in
+                                       enumerate(f for f in FAMILY_LABELS if f != "reference")}}
     for ax, model in zip(axes, models):
         mine = [r for r in rows if r["model"] == model]
-        for k, fam in enumerate(families):
-            pts = [r for r in mine if r["family"] == fam]
-            if pts:
-                ax.scatter([r["bytes"] / 1e6 for r in pts], [r["ppl"] for r in pts], s=22, color=PALETTE[k % 8],
-                           marker="os^vD<>ph*"[k % 10], label=FAMILY_LABELS[fam], zorder=3)
-        front = fronts.get(model, [])
-        ax.step([r["bytes"] / 1e6 for r in front], [r["ppl"] for r in front], where="post", color="gray", lw=1,
-                zorder=2, label="Pareto front")
-        if label_front:
-            for r in front:
-                ax.annotate(r["variant"], (r["bytes"] / 1e6, r["ppl"]), fontsize=6, xytext=(3, 3),
-                            textcoords="offset points")
         ref = next((r for r in mine if r["variant"] == "float32"), None)
+        top = ref["ppl"] * y_clip if (ref and y_clip) else math.inf
+        clipped = []
+        for k, fam in enumerate(FAMILY_LABELS):
+            pts = [r for r in mine if r["family"] == fam]
+            inside = [r for r in pts if r["ppl"] <= top]
+            above = [r for r in pts if r["ppl"] > top]
+            if inside:
+                ax.scatter([r["bytes"] / 1e6 for r in inside], [r["ppl"] for r in inside], s=22, color=colors[fam],
+                           marker="os^vD<>ph*"[k % 10], label=FAMILY_LABELS[fam], zorder=3)
+            if above:   # off the scale: on the top edge
+                ax.scatter([r["bytes"] / 1e6 for r in above], [top] * len(above), s=30, color=colors[fam],
+                           marker="^", zorder=3, clip_on=False,
+                           label=None if inside else FAMILY_LABELS[fam])
+                clipped += above
+        front = fronts.get(model, [])
+        ax.step([r["bytes"] / 1e6 for r in front], [min(r["ppl"], top) for r in front], where="post", color="gray",
+                lw=1, zorder=2, label="Pareto front")
+        if label_front:
+            for n, r in enumerate(front):
+                ax.annotate(r["variant"], (r["bytes"] / 1e6, min(r["ppl"], top)), fontsize=6, textcoords="offset points",
+                            xytext=(3, 4 if n % 2 == 0 else -9))
+        if clipped:
+            ax.text(0.99, 0.92, "above the axis: " + ", ".join(f"{r['variant']} ({r['ppl']:.3g})" for r in
+                                                                sorted(clipped, key=lambda r: r["ppl"])),
+                    transform=ax.transAxes, ha="right", va="top", fontsize=6, wrap=True)
         if ref:
             ax.axhline(ref["ppl"], color="gray", ls="--", lw=0.8)
-        ax.set(xscale="log", yscale="log", xlabel="bytes on disk (MB)", ylabel="perplexity", title=model)
+        ax.set(xscale="log", xlabel="bytes on disk (MB)", ylabel="perplexity", title=model)
+        for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):   # 6, 10, 20: not 6 x 10^0
+            axis(FuncFormatter(lambda x, _: f"{x:g}"))
+        if math.isfinite(top):
+            low = min(r["ppl"] for r in mine)
+            ax.set_ylim(low - 0.05 * (top - low), top)
+        else:
+            ax.set_yscale("log")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     return fig, axes
