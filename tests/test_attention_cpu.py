@@ -281,3 +281,80 @@ def test_report_fits_and_floors():
              for t in (2048, 4096)]
     longest = report.naive_longest(_recording(naive), memory_gib=96, heads=32)
     assert longest["bytes per score element"] == pytest.approx(12) and longest["longest T"] == 16384
+
+
+def test_backward_kernels_under_the_interpreter():
+    """The training kernels (forward with the logsumexp, dK/dV and dQ) under Triton's interpreter: outputs, the
+    logsumexp and all three gradients equal float32 attention's on ragged lengths, GQA, bottom-right causal
+    alignment, rows that see no key (zero output and gradients, never NaN), head dims 64 and 128."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    pytest.importorskip("triton", reason="Triton has wheels for Linux x86_64 only")
+    script = textwrap.dedent("""
+        import math, torch
+        from course_lib.attention.reference import naive_attention
+        from course_lib.attention.triton_train import flash_attention_train, flash_forward_lse
+        worst = 0.0
+        for h, h_kv, t_q, t_k, causal, d in ((2, 1, 40, 40, True, 64), (4, 2, 5, 70, True, 64),
+                                             (2, 2, 33, 33, False, 64), (2, 2, 10, 4, True, 64),
+                                             (2, 1, 48, 48, True, 128), (2, 2, 17, 50, False, 64)):
+            g = torch.Generator().manual_seed(7 * t_q + t_k)
+            q = torch.randn(1, h, t_q, d, generator=g).half()
+            k, v = (torch.randn(1, h_kv, t_k, d, generator=g).half() for _ in range(2))
+            do = torch.randn(1, h, t_q, d, generator=g).half()
+            mine = [t.clone().requires_grad_() for t in (q, k, v)]
+            out = flash_attention_train(*mine, causal=causal)
+            out.backward(do)
+            ref_in = [t.float().requires_grad_() for t in (q, k, v)]
+            ref = naive_attention(*ref_in, causal=causal)
+            ref.backward(do.float())
+            assert not any(t.isnan().any() for t in (out, *(m.grad for m in mine)))
+            errs = [(out.float() - ref).abs().max() / ref.abs().max()]
+            errs += [(m.grad.float() - r.grad).abs().max() / r.grad.abs().max() for m, r in zip(mine, ref_in)]
+            s = q.float() @ k.float().repeat_interleave(h // h_kv, 1).transpose(-1, -2) / math.sqrt(d)
+            if causal:
+                s = s.masked_fill(torch.arange(t_k) > torch.arange(t_q)[:, None] + t_k - t_q, float("-inf"))
+            lse, want = flash_forward_lse(q, k, v, causal)[1] * math.log(2), torch.logsumexp(s, -1)
+            seen = torch.isfinite(want)
+            assert (lse[~seen] == float("inf")).all() and (t_q <= t_k or not seen.all())
+            errs.append((lse[seen] - want[seen]).abs().max())
+            worst = max(worst, max(float(e) for e in errs))
+        print(worst)
+    """)
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    numpy_24 = ["-W", "error:Conversion of an array with ndim:DeprecationWarning"]
+    done = subprocess.run([sys.executable, *numpy_24, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.strip().splitlines()[-1]) < 3e-3  # fp16 inputs and gradients, fp32 accumulation
+
+
+@pytest.mark.parametrize("h, h_kv, t_q, t_k, causal", [(4, 2, 37, 53, True), (2, 1, 40, 9, True),
+                                                        (2, 2, 30, 30, False), (4, 1, 65, 65, True)])
+def test_tiled_backward_equals_autograd(h, h_kv, t_q, t_k, causal):
+    """The backward pass in PyTorch, tile by tile from the logsumexp, equals autograd through naive attention:
+    GQA (gradients summed over the query heads of a KV head), bottom-right causal, rows that see nothing."""
+    from course_lib.attention.tiled import flash_backward_tiled
+
+    g = torch.Generator().manual_seed(t_q)
+    q = torch.randn(2, h, t_q, 32, generator=g, dtype=torch.float64)
+    k, v = (torch.randn(2, h_kv, t_k, 32, generator=g, dtype=torch.float64) for _ in range(2))
+    do = torch.randn(2, h, t_q, 32, generator=g, dtype=torch.float64)
+    out, lse = flash_attention_tiled(q, k, v, causal=causal, block_q=16, block_k=8, return_lse=True)
+    grads = flash_backward_tiled(do, q, k, v, out, lse, causal=causal, block_q=16, block_k=8)
+    xs = [t.clone().requires_grad_() for t in (q, k, v)]
+    naive_attention(*xs, causal=causal, dtype=torch.float64).backward(do)
+    for mine, x in zip(grads, xs):
+        assert mine.shape == x.shape and torch.allclose(mine, x.grad, atol=1e-5, rtol=1e-5)
+    scores = (q @ k.repeat_interleave(h // h_kv, 1).transpose(-1, -2)) / 32 ** 0.5
+    if causal:
+        scores = scores.masked_fill(torch.arange(t_k) > torch.arange(t_q)[:, None] + t_k - t_q, float("-inf"))
+    want = torch.logsumexp(scores, -1)
+    seen = torch.isfinite(want)
+    assert torch.allclose(lse[seen].double(), want[seen], atol=1e-5) and (lse[~seen] == float("inf")).all()
+    assert (t_q > t_k) == bool((~seen).any())   # only a longer query than key stream has empty rows
+    if (~seen).any():
+        assert (grads[0][~seen] == 0).all()

@@ -68,3 +68,34 @@ def test_bench_rows_record_the_kernel_choice_and_cudnn():
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
         ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     torch.testing.assert_close(flash_attention_triton(q, k, v, causal=True), ref, **TOL[torch.bfloat16])
+
+
+@cuda
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("causal", [True, False])
+def test_backward_equals_float32_attention(shape, dtype, head_dim, causal):
+    """The training kernels' output and gradients against float32 attention, with the error of naive attention
+    computed in the 16-bit dtype itself as the yardstick: the course's may be at most twice it, plus a floor."""
+    from course_lib.attention.triton_train import flash_attention_train
+
+    b, h, h_kv, t_q, t_k = shape
+    g = torch.Generator(device="cuda").manual_seed(1)
+    q = torch.randn(b, h, t_q, head_dim, device="cuda", generator=g).to(dtype)
+    k, v = (torch.randn(b, h_kv, t_k, head_dim, device="cuda", generator=g).to(dtype) for _ in range(2))
+    do = torch.randn(b, h, t_q, head_dim, device="cuda", generator=g).to(dtype)
+
+    def grads(fn, cast):
+        xs = [cast(t).requires_grad_() for t in (q, k, v)]
+        out = fn(*xs)
+        out.backward(cast(do))
+        return [out.detach().float()] + [x.grad.float() for x in xs]
+
+    mine = grads(lambda *x: flash_attention_train(*x, causal=causal), lambda t: t.clone())
+    exact = grads(lambda *x: naive_attention(*x, causal=causal).nan_to_num(), lambda t: t.float())
+    sixteen = grads(lambda *x: naive_attention(*x, causal=causal, dtype=None), lambda t: t.clone())  # 16-bit math
+    for name, a, e, s in zip(("out", "dq", "dk", "dv"), mine, exact, sixteen):
+        assert not a.isnan().any(), name
+        scale = e.abs().max().clamp_min(1e-6)
+        assert (a - e).abs().max() / scale <= 2 * (s - e).abs().max() / scale + 4e-3, name

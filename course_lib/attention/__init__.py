@@ -2,9 +2,10 @@
 
 * ``reference``       naive attention (the n×n scores materialised) and its memory;
 * ``online_softmax``  softmax in two passes and in one pass with a running max and sum;
-* ``tiled``           FlashAttention's forward pass in plain PyTorch, block by block;
+* ``tiled``           FlashAttention's forward pass in plain PyTorch, block by block, and its backward pass;
 * ``traffic``         the elements naive and tiled attention move through HBM, against the paper's bounds;
 * ``seed``            seed 003's pseudo-code, transcribed, with its bugs switchable;
 * ``triton_flash``    the same algorithm as a Triton kernel (CUDA GPUs);
+* ``triton_train``    the forward kernel with the logsumexp, the backward kernels and an autograd function;
 * ``bench``, ``report``  the GPU benchmark against PyTorch's SDPA backends, and its reading.
 """
