@@ -60,3 +60,25 @@ def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
             m = m_new
         out[..., qs:qs + block_q, :] = acc / torch.where(l > 0, l, 1.0)[..., None]  # a row with no key: 0
     return out
+
+
+def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                       do: torch.Tensor, causal: bool, block_q: int, block_k: int):
+    t_q, t_k, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    scale = 1 / math.sqrt(d)
+    delta = (do * out).sum(-1)  # Δ_i = dO_i · O_i = Σ_j P_ij dP_ij
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    for ks in range(0, t_k, block_k):  # outer loop: a block of keys owns its dK, dV
+        kb, vb = k[..., ks:ks + block_k, :], v[..., ks:ks + block_k, :]
+        for qs in range(0, t_q, block_q):
+            qb, dob = q[..., qs:qs + block_q, :], do[..., qs:qs + block_q, :]
+            s = scale * qb @ kb.transpose(-2, -1)
+            if causal:  # query i is token Tk - Tq + i
+                pos = torch.arange(qs, qs + qb.shape[-2]) + t_k - t_q
+                s = s.masked_fill(torch.arange(ks, ks + kb.shape[-2])[None, :] > pos[:, None], float("-inf"))
+            p = torch.exp(s - lse[..., qs:qs + block_q, None])  # P recomputed; lse = +inf in a row with no key: 0
+            dv[..., ks:ks + block_k, :] += p.transpose(-2, -1) @ dob
+            ds = p * (dob @ vb.transpose(-2, -1) - delta[..., qs:qs + block_q, None])
+            dq[..., qs:qs + block_q, :] += scale * ds @ kb
+            dk[..., ks:ks + block_k, :] += scale * ds.transpose(-2, -1) @ qb
+    return dq, dk, dv

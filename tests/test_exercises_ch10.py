@@ -1,4 +1,4 @@
-"""Chapter 10's tensor exercises (the online softmax, the tiled attention forward): plausible wrong solutions fail
+"""Chapter 10's tensor exercises (the online softmax, the tiled attention forward and backward): plausible wrong solutions fail
 with a hint that names their mistake, correct variants pass, garbage never makes a check raise, the cases cover
 what they claim, and the references agree with the rest of course_lib.attention.
 
@@ -32,7 +32,8 @@ def stub(*args):
     raise NotImplementedError
 
 
-@pytest.mark.parametrize("name, n_cases", [("online_softmax_stats", 25), ("tiled_attention", 21)])
+@pytest.mark.parametrize("name, n_cases", [("online_softmax_stats", 25), ("tiled_attention", 21),
+                                           ("attention_backward", 15)])
 def test_solution_passes_and_stub_is_not_attempted(name, n_cases, capsys):
     check = ch10.EXERCISES[name]
     ok, out = run(check, getattr(SOL, name), capsys)
@@ -43,7 +44,8 @@ def test_solution_passes_and_stub_is_not_attempted(name, n_cases, capsys):
 
 def test_warm_ups_are_declared():
     assert set(ch10.WARM_UPS) == {"online_sum", "score_bytes", "causal_tiles"}
-    assert set(ch10.EXERCISES) - set(ch10.WARM_UPS) == {"online_softmax_stats", "tiled_attention"}
+    assert set(ch10.EXERCISES) - set(ch10.WARM_UPS) == {"online_softmax_stats", "tiled_attention",
+                                                         "attention_backward"}
 
 
 # --- 1. online_softmax_stats: wrong solutions, each as a learner writes it -------------------------------------------
@@ -601,3 +603,72 @@ def test_checks_are_fast(capsys):
               tuple(t * 1.01 for t in solution(*a)))  # a wrong answer runs the diagnosis too
         assert time.perf_counter() - start < 2.0, name
     capsys.readouterr()
+
+
+# --- 3. attention_backward ---------------------------------------------------------------------------------------------
+
+def _bwd_learner(**mistake):
+    """The backward as a learner writes it, in float32, with one mistake (none: a correct variant)."""
+    def fn(q, k, v, out, lse, do, causal, block_q, block_k):
+        return tuple(t.float() for t in ch10._backward_by_hand(q, k, v, out, lse, do, causal, block_q, block_k,
+                                                                **mistake))
+    return fn
+
+
+@pytest.mark.parametrize("kwargs, message", ch10._BWD_VARIANTS, ids=[str(k) for k, _ in ch10._BWD_VARIANTS])
+def test_each_backward_mistake_fails_and_is_named(kwargs, message, capsys):
+    ok, out = run(ch10.check_attention_backward, _bwd_learner(**kwargs), capsys)
+    assert ok is False and out.rstrip().endswith(f"Hint: {message}"), out
+
+
+def test_backward_correct_variants_pass(capsys):
+    from course_lib.attention.tiled import flash_backward_tiled
+
+    def course_lib_version(q, k, v, out, lse, do, causal, bq, bk):   # any block sizes: the blocks change nothing
+        return flash_backward_tiled(do, q, k, v, out, lse, causal=causal, block_q=7, block_k=5)
+
+    def autograd(q, k, v, out, lse, do, causal, bq, bk):             # the whole matrix, autograd, float32
+        x = [t.clone().requires_grad_() for t in (q, k, v)]
+        naive_attention(*x, causal=causal).backward(do)
+        return tuple(t.grad for t in x)
+
+    for fn in (SOL.attention_backward, _bwd_learner(), course_lib_version, autograd):
+        ok, out = run(ch10.check_attention_backward, fn, capsys)
+        assert ok is True, out
+
+
+@pytest.mark.parametrize("kwargs", [k for k, _ in ch10._BWD_VARIANTS], ids=str)
+def test_every_diagnosed_backward_mistake_is_visible_in_some_case(kwargs):
+    cases = ch10.attention_backward_cases()[1]
+    # the defaults are the answer (to the rounding of the float32 out and lse they are given)
+    assert all(all(ch10._same(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(ch10._backward_by_hand(*c),
+                                                                         ch10.reference_attention_backward(*c)))
+               for c in cases)
+    assert any(any(not ch10._same(a, b, rtol=1e-2, atol=1e-2) for a, b in zip(ch10._backward_by_hand(*c, **kwargs),
+                                                                             ch10.reference_attention_backward(*c)))
+               for c in cases)
+
+
+def test_backward_cases_cover_what_they_claim():
+    labels, cases = ch10.attention_backward_cases()
+    assert {int(re.match(r"seed (\d+),", lab).group(1)) for lab in labels} == {0, 1, 2}
+    assert any(c[6] and c[0].shape[2] > c[1].shape[2] for c in cases)           # rows that see no key
+    assert any(not c[6] for c in cases) and any(c[0].shape[2] == 1 for c in cases)
+    assert any(c[1].shape[2] % c[8] for c in cases) and any(c[0].shape[2] % c[7] for c in cases)  # ragged blocks
+    empty = next(c for c in cases if c[6] and c[0].shape[2] > c[1].shape[2])
+    assert (empty[4][..., :8] == float("inf")).all() and (ch10.reference_attention_backward(*empty)[0][..., :8, :] == 0).all()
+
+
+@pytest.mark.parametrize("got, words", [
+    (None, "expected a tuple (dq, dk, dv) of three tensors"), ((1, 2), "expected a tuple (dq, dk, dv) of three"),
+    ((torch.zeros(3), torch.zeros(3), torch.zeros(3)), "dq: expected a tensor of shape"),
+    ("nan", "dq: "),
+])
+def test_backward_garbage_never_raises(got, words, capsys):
+    def fn(q, k, v, *rest):
+        if got == "nan":
+            return tuple(torch.full_like(t, float("nan")) for t in (q, k, v))
+        return got
+
+    ok, out = run(ch10.check_attention_backward, fn, capsys)
+    assert ok is False and words in out, out

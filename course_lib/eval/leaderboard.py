@@ -379,7 +379,9 @@ def record_leaderboard(name: str | None = None, device: str = "cpu", models=MODE
         new, info = model_rows(model, device, quick=quick, threads=torch.get_num_threads(), names=names, on_row=keep)
         rows[:] = [r for r in rows if r["model"] != model or r["variant"] not in done] + new
         if variants is not None:   # a part: which variants it ran (the others come from earlier parts, or not at all)
-            info["variants_run"] = sorted(set(before.get("variants_run", [])) | set(names), key=variant_names(model).index)
+            prior = (before.get("variants_run") or before.get("variants_done")   # earlier parts, a stopped run,
+                     or (variant_names(model) if before else []))                # or a whole run
+            info["variants_run"] = sorted(set(prior) | set(names), key=variant_names(model).index)
         if before:   # an earlier part of this model's run: its left-out variants and time count too
             info["left_out"] = [x for x in before.get("left_out", []) if x["variant"] not in names] + info["left_out"]
             info["seconds"] += before.get("seconds", 0.0)

@@ -1,4 +1,5 @@
-"""Checks for chapter 10: FlashAttention's two halves written by the learner, plus three warm-up formulas.
+"""Checks for chapter 10: FlashAttention's forward pass in two halves and its backward pass, written by the learner,
+plus three warm-up formulas.
 
 1. ``check_online_softmax_stats``: the online softmax. One pass over the columns of a score matrix, a block at a
    time, keeping each row's running max m and running sum l = Σ exp(x - m), rescaling l whenever the max rises.
@@ -7,8 +8,10 @@
    with a running max, sum and accumulator per query row, the causal mask aligned bottom-right, ragged lengths,
    and rows that see no key returning zeros. Compared with ``course_lib.attention.reference.naive_attention``
    (the whole score matrix in memory, computed in float64).
+3. ``check_attention_backward``: the backward pass, tile by tile from the forward pass's output and logsumexp
+   (Δ = dO·O, P recomputed, dV, dK per key block, dQ), against autograd through naive attention in float64.
 
-Both run the learner's function on random tensors (fixed seeds, several shapes) and edge cases: fully masked rows,
+All run the learner's function on random tensors (fixed seeds, several shapes) and edge cases: fully masked rows,
 left padding, scores near ±1000 or near 100 (where exp overflows float32 unless the max is subtracted), a length
 that is not a multiple of the block. After a wrong attempt a diagnosis recomputes the usual mistakes (no rescaling,
 the factor upside down, the ragged tail skipped, a top-left causal mask, no 1/√d, ...) and names the one that
@@ -468,6 +471,144 @@ def check_tiled_attention(fn) -> bool:
                               rtol=ATTN_RTOL, labels=labels, hint=_ATTN_HINT, diagnose=_diagnose_attention)
 
 
+# --- 3. the backward pass, tile by tile from the logsumexp ------------------------------------------------------------
+
+# (batch, heads, Tq, Tk, head_dim, block_q, block_k, causal): ragged, bottom-right, more queries than keys
+BWD_SHAPES = ((1, 1, 16, 16, 8, 4, 4, True), (2, 2, 37, 50, 16, 16, 8, True), (1, 2, 33, 33, 8, 8, 16, False),
+              (1, 1, 13, 5, 8, 4, 2, True), (1, 2, 1, 29, 16, 1, 8, True))
+# Gradients of entries near 1, computed in float64 by the reference; a float32 solution is right to about 1e-6.
+BWD_ATOL, BWD_RTOL = 1e-4, 1e-4
+
+
+def attention_backward_cases() -> tuple[list[str], list[tuple]]:
+    """(labels, argument tuples (q, k, v, out, lse, do, causal, block_q, block_k)) of check_attention_backward:
+    out and lse from the forward pass (float32; lse natural, +inf for a row that sees no key)."""
+    from ..attention.tiled import flash_attention_tiled
+
+    labels, cases = [], []
+    for seed in ATTN_SEEDS:
+        for b, h, t_q, t_k, d, bq, bk, causal in BWD_SHAPES:
+            g = torch.Generator().manual_seed(100 * seed + t_q + t_k)
+            q, k, v = _qkv(g, b, h, t_q, t_k, d)
+            do = torch.randn(q.shape, generator=g)
+            out, lse = flash_attention_tiled(q, k, v, causal=causal, block_q=bq, block_k=bk, return_lse=True)
+            extra = ", the first 8 queries see no key" if causal and t_q > t_k else ""
+            labels.append(f"seed {seed}, {_attn_label(q, k, causal, bq, bk)}{extra}")
+            cases.append((q, k, v, out, lse, do, causal, bq, bk))
+    return labels, cases
+
+
+def reference_attention_backward(q, k, v, out, lse, do, causal, block_q, block_k):
+    """Autograd through naive_attention in float64 (the whole score matrix; the blocks change only rounding)."""
+    x = [t.double().requires_grad_() for t in (q, k, v)]
+    naive_attention(*x, causal=causal, dtype=torch.float64).backward(do.double())
+    return tuple(t.grad for t in x)
+
+
+def _backward_by_hand(q, k, v, out, lse, do, causal, block_q, block_k, *, delta: str = "dO.O", grad_scale: bool = True,
+                      mask: str = "bottom_right", use_lse: bool = True, keys_tail: bool = True):
+    """The tiled backward in float64 with one choice passed in (for the diagnosis); the defaults give the answer.
+    delta: "dO.O", "none" (dS = P dP), "rowsum dP" (Δ as the row sum of dP, not of P dP). mask as in
+    _attention_by_hand ("bottom_right", "top_left", "never")."""
+    q, k, v, out, lse, do = (t.double() for t in (q, k, v, out, lse, do))
+    t_q, t_k, d = q.shape[-2], k.shape[-2], q.shape[-1]
+    scale = 1 / math.sqrt(d)
+    offset = 0 if mask == "top_left" else t_k - t_q
+    dlt = (do * out).sum(-1)
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    k_stop = t_k if keys_tail else t_k - t_k % block_k
+    for ks in range(0, k_stop, block_k):
+        kb, vb = k[..., ks:ks + block_k, :], v[..., ks:ks + block_k, :]
+        for qs in range(0, t_q, block_q):
+            qb, dob = q[..., qs:qs + block_q, :], do[..., qs:qs + block_q, :]
+            s = scale * qb @ kb.transpose(-2, -1)
+            if causal and mask != "never":
+                pos = torch.arange(qs, qs + qb.shape[-2]) + offset
+                s = s.masked_fill(torch.arange(ks, ks + kb.shape[-2])[None, :] > pos[:, None], NEG_INF)
+            if use_lse:
+                p = torch.exp(s - lse[..., qs:qs + block_q, None].double())
+            else:
+                p = torch.exp(s)
+            dv[..., ks:ks + block_k, :] += p.transpose(-2, -1) @ dob
+            dp = dob @ vb.transpose(-2, -1)
+            if delta == "none":
+                ds = p * dp
+            elif delta == "rowsum dP":
+                ds = p * (dp - dp.sum(-1, keepdim=True))
+            else:
+                ds = p * (dp - dlt[..., qs:qs + block_q, None])
+            factor = scale if grad_scale else 1.0
+            dq[..., qs:qs + block_q, :] += factor * ds @ kb
+            dk[..., ks:ks + block_k, :] += factor * ds.transpose(-2, -1) @ qb
+    return dq, dk, dv
+
+
+_BWD_VARIANTS = (
+    (dict(delta="none"), ("you left out Δ: the softmax's Jacobian gives dS = P ∘ (dP - Δ) with Δ_i = Σ_j P_ij dP_ij, "
+                          "and Δ_i = dO_i · O_i (one number per row, from out and do, before the loop).")),
+    (dict(delta="rowsum dP"), ("your Δ is the row sum of dP within the tile: Δ_i = Σ_j P_ij dP_ij over the whole row, "
+                               "which no tile holds; compute it as (do * out).sum(-1) before the loop.")),
+    (dict(grad_scale=False), ("your dQ and dK miss the scale: S = scale · Q Kᵀ, so dQ = scale · dS K and "
+                              "dK = scale · dSᵀ Q, with scale = 1/√d.")),
+    (dict(use_lse=False), ("you took P = exp(S) without the logsumexp: the forward pass's lse normalises it, "
+                           "P = exp(S - lse[..., None]) (a row's probabilities sum to 1).")),
+    (dict(mask="top_left"), ("your causal mask is aligned top-left. Query i is token Tk - Tq + i and sees the keys "
+                             "j <= Tk - Tq + i (bottom-right, as in the forward pass).")),
+    (dict(mask="never"), ("with causal=True the keys after a query get no gradient from it: set those scores to "
+                          "-inf before P = exp(S - lse), as the forward pass did.")),
+    (dict(keys_tail=False), ("you skipped the last, shorter block of keys (Tk is not a multiple of block_k): "
+                             "range(0, Tk, block_k) reaches it.")),
+)
+_BWD_NAN = ("your gradients have NaN: in a row that sees no key, lse is +inf and every score -inf, and "
+            "exp(-inf - inf) is 0, but -inf - (-inf) is NaN: subtract lse, never a running max, in the backward pass.")
+_BWD_HINT = ("Δ = (do * out).sum(-1); for each block of keys and each block of queries: S = q_b k_bᵀ / √d (-inf where "
+             "key j > query i + Tk - Tq, when causal); P = exp(S - lse_b[..., None]); dV_b += Pᵀ dO_b; "
+             "dP = dO_b V_bᵀ; dS = P (dP - Δ_b[..., None]); dQ_b += dS K_b / √d; dK_b += dSᵀ Q_b / √d.")
+
+
+def _compare_grads(got: Any, expected: tuple) -> tuple[str, Any]:
+    if not isinstance(got, (tuple, list)) or len(got) != 3:
+        return f"expected a tuple (dq, dk, dv) of three tensors, got {type(got).__name__} {_short(got)}.", None
+    for name, g, e in zip(("dq", "dk", "dv"), got, expected):
+        problem, comparable = _tensor_mismatch(g, e, BWD_ATOL, BWD_RTOL, torch)
+        if problem:
+            return f"{name}: {problem}", (tuple(got) if comparable else None)
+    return "", None
+
+
+def _diagnose_backward(args: tuple, got: tuple) -> str | None:
+    expected = reference_attention_backward(*args)
+    for kwargs, message in _BWD_VARIANTS:
+        mistake = _backward_by_hand(*args, **kwargs)
+        differs = any(not _same(m, e, rtol=BWD_RTOL, atol=BWD_ATOL) for m, e in zip(mistake, expected))
+        if differs and all(_same(g, m, rtol=1e-3, atol=1e-4) for g, m in zip(got, mistake)):
+            return message
+    if any(bool(torch.isnan(torch.as_tensor(g)).any()) for g in got):
+        return _BWD_NAN
+    return None
+
+
+def check_attention_backward(fn) -> bool:
+    """fn(q, k, v, out, lse, do, causal, block_q, block_k) -> (dq, dk, dv): attention's backward pass, tile by tile.
+
+    q (B, H, Tq, d), k and v (B, H, Tk, d), out (B, H, Tq, d) and lse (B, H, Tq) from the forward pass (lse: each
+    row's natural logsumexp of its scores S = q kᵀ / √d, +inf for a row that sees no key), do the gradient of the
+    output; all float32. Return the gradients of the loss with respect to q, k and v, computed a tile at a time,
+    never the whole (Tq, Tk) matrix: with Δ = (do * out).sum(-1), for each tile of keys and queries
+
+        S = q_b k_bᵀ / √d (-inf above the bottom-right diagonal when causal);  P = exp(S - lse_b)
+        dV_b += Pᵀ dO_b;  dP = dO_b V_bᵀ;  dS = P ∘ (dP - Δ_b);  dQ_b += dS K_b / √d;  dK_b += dSᵀ Q_b / √d
+
+    Checked against autograd through naive_attention in float64 on ragged lengths, block sizes that divide them or
+    not, causal and not, more queries than keys (rows with no key: zero gradients) and one query, seeds 0, 1, 2.
+    Tolerance: |got - expected| <= 1e-4 + 1e-4 * |expected| for each of dq, dk, dv.
+    """
+    labels, cases = attention_backward_cases()
+    return check_against("attention_backward", fn, cases, reference_attention_backward, _compare_grads,
+                         labels=labels, hint=_BWD_HINT, diagnose=_diagnose_backward)
+
+
 WARM_UPS = ("online_sum", "score_bytes", "causal_tiles")
 EXERCISES = {"online_sum": check_online_sum, "score_bytes": check_score_bytes, "causal_tiles": check_causal_tiles,
-             "online_softmax_stats": check_online_softmax_stats, "tiled_attention": check_tiled_attention}
+             "online_softmax_stats": check_online_softmax_stats, "tiled_attention": check_tiled_attention,
+             "attention_backward": check_attention_backward}
