@@ -7,5 +7,6 @@
 * ``seed``            seed 003's pseudo-code, transcribed, with its bugs switchable;
 * ``triton_flash``    the same algorithm as a Triton kernel (CUDA GPUs);
 * ``triton_train``    the forward kernel with the logsumexp, the backward kernels and an autograd function;
+* ``training``        the course's attention inside transformers' models, and a training run against SDPA;
 * ``bench``, ``report``  the GPU benchmark against PyTorch's SDPA backends, and its reading.
 """
