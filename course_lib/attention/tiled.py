@@ -133,3 +133,34 @@ def tile_grid(t_q: int, t_k: int, block_q: int, block_k: int, *, causal: bool = 
                 row.append(1)
         rows.append(row)
     return torch.tensor(rows)
+
+
+class LseAttention(torch.autograd.Function):
+    """Attention as one differentiable function from a forward pass that keeps the logsumexp and a backward pass
+    that uses it: apply(q, k, v, causal, scale, forward, backward) with forward(q, k, v, causal, scale) -> (out, lse)
+    and backward(do, q, k, v, out, lse, causal, scale) -> (dq, dk, dv). The tiled PyTorch pair (TILED) and the
+    Triton kernels (triton_train) both run through it; the lse is whatever their pair agrees on (natural here,
+    base 2 in Triton)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, causal, scale, forward, backward):
+        out, lse = forward(q, k, v, causal, scale)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.causal, ctx.scale, ctx.backward_fn = causal, scale, backward
+        return out
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, out, lse = ctx.saved_tensors
+        return (*ctx.backward_fn(do, q, k, v, out, lse, ctx.causal, ctx.scale), None, None, None, None)
+
+
+def _tiled_forward(q, k, v, causal, scale):
+    return flash_attention_tiled(q, k, v, causal=causal, scale=scale, return_lse=True)
+
+
+def _tiled_backward(do, q, k, v, out, lse, causal, scale):
+    return flash_backward_tiled(do, q, k, v, out, lse, causal=causal, scale=scale)
+
+
+TILED = (_tiled_forward, _tiled_backward)

@@ -5,7 +5,7 @@
 
 ``course_attention`` runs the Triton kernels of ``triton_train`` where they can (a CUDA tensor in fp16/bf16, head dim
 64 or 128) and otherwise the same algorithm in PyTorch (``tiled.flash_attention_tiled`` forward, keeping the
-logsumexp, and ``tiled.flash_backward_tiled`` backward, joined by ``TiledAttention``), so a CPU can check the plumbing
+logsumexp, and ``tiled.flash_backward_tiled`` backward, joined by ``tiled.LseAttention`` as the kernels are), so a CPU can check the plumbing
 and the gradients that the GPU then runs fast. Causal self-attention only, without dropout or padding masks: what
 the course trains with; anything else gets a clear error.
 """
@@ -18,25 +18,9 @@ import time
 
 import torch
 
-from .tiled import flash_attention_tiled, flash_backward_tiled
+from .tiled import TILED, LseAttention
 
 COURSE = "course_attention"  # a name with "flash" in it would send transformers to the hub
-
-
-class TiledAttention(torch.autograd.Function):
-    """The tiled PyTorch forward and backward as one differentiable function (any device and dtype)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, causal: bool = True, scale: float | None = None):
-        out, lse = flash_attention_tiled(q, k, v, causal=causal, scale=scale, return_lse=True)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.causal, ctx.scale = causal, scale
-        return out
-
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, out, lse = ctx.saved_tensors
-        return (*flash_backward_tiled(do, q, k, v, out, lse, causal=ctx.causal, scale=ctx.scale), None, None)
 
 
 def triton_path(q: torch.Tensor) -> bool:
@@ -53,7 +37,7 @@ def course_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causa
         from .triton_train import flash_attention_train
 
         return flash_attention_train(q, k, v, causal=causal, scale=scale)
-    return TiledAttention.apply(q, k, v, causal, scale)
+    return LseAttention.apply(q, k, v, causal, scale, *TILED)
 
 
 def _course_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,

@@ -123,14 +123,30 @@ if triton is not None:
             m_i = m_new
         return acc, l_i, m_i
 
+    @triton.jit
+    def _key_range(start_m, T_K, OFFSET, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """(full_stop, hi) for query block start_m: keys [0, full_stop) are whole blocks visible to every row (no
+        mask), [full_stop, hi) the blocks that cross the diagonal or the sequence end; later keys are in the future."""
+        if CAUSAL:
+            hi = tl.minimum(T_K, (start_m + 1) * BLOCK_M + OFFSET)
+            lo_masked = tl.maximum(start_m * BLOCK_M + OFFSET, 0)  # first key that can be in the future of a row
+        else:
+            hi = T_K
+            lo_masked = T_K
+        hi = tl.maximum(hi, 0)
+        full_stop = tl.minimum(lo_masked, hi) // BLOCK_N * BLOCK_N  # whole blocks visible to every row
+        full_stop = tl.minimum(full_stop, T_K // BLOCK_N * BLOCK_N)
+        return full_stop, hi
+
     # Tuned once per head_dim, causality and power-of-two bucket of the key length (not per exact length).
     @triton.autotune(configs=_configs(), key=["HEAD_DIM", "CAUSAL", "T_BUCKET"])
     @triton.jit
-    def _flash_fwd(Q, K, V, O, qk_scale,
+    def _flash_fwd(Q, K, V, O, L, qk_scale,
                    stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
                    stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
                    H, GROUP, T_Q, T_K, OFFSET, T_BUCKET,
-                   HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                   HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   STORE_LSE: tl.constexpr = False):
         start_m = tl.program_id(0)
         bh = tl.program_id(1)
         b, h = bh // H, bh % H
@@ -146,15 +162,7 @@ if triton is not None:
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
         # Keys this block may see at all: causal rows stop at their diagonal, others at T_K.
-        if CAUSAL:
-            hi = tl.minimum(T_K, (start_m + 1) * BLOCK_M + OFFSET)
-            lo_masked = tl.maximum(start_m * BLOCK_M + OFFSET, 0)  # first key that can be in the future of a row
-        else:
-            hi = T_K
-            lo_masked = T_K
-        hi = tl.maximum(hi, 0)
-        full_stop = tl.minimum(lo_masked, hi) // BLOCK_N * BLOCK_N  # whole blocks visible to every row
-        full_stop = tl.minimum(full_stop, T_K // BLOCK_N * BLOCK_N)
+        full_stop, hi = _key_range(start_m, T_K, OFFSET, CAUSAL, BLOCK_M, BLOCK_N)
         acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m,
                                        0, full_stop, T_K, OFFSET, qk_scale, BLOCK_N, False, CAUSAL)
         acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m,
@@ -162,6 +170,10 @@ if triton is not None:
         out = tl.where(l_i[:, None] > 0, acc / tl.where(l_i > 0, l_i, 1.0)[:, None], 0.0)  # no key seen: 0
         o_ptrs = O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :]
         tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=offs_m[:, None] < T_Q)
+        if STORE_LSE:  # for the backward pass (triton_train): each row's logsumexp in base 2, +inf if it saw no key
+            seen = l_i > 0
+            lse = tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("inf"))
+            tl.store(L + bh * T_Q + offs_m, lse, mask=offs_m < T_Q)
 
 
 def flash_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
@@ -179,7 +191,7 @@ def flash_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     kernel, fixed = (_flash_fwd.fn, {"BLOCK_M": 64, "BLOCK_N": 32}) if interpreting() else (_flash_fwd, {})
     if interpreting():
         interpreter_numpy_fix()
-    kernel[grid](q, k, v, out, scale * 1.4426950408889634,
+    kernel[grid](q, k, v, out, out, scale * 1.4426950408889634,  # L unused (STORE_LSE False): any pointer
                  q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                  v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
                  h, h // h_kv, t_q, t_k, t_k - t_q, min(triton.next_power_of_2(t_k), 16384),

@@ -1,5 +1,5 @@
-"""FlashAttention for training: the forward kernel that also saves each row's logsumexp, FlashAttention-2's
-backward pass in Triton, and a ``torch.autograd.Function`` that joins them.
+"""FlashAttention for training: chapter 10's forward kernel with its logsumexp store on (``triton_flash._flash_fwd``,
+STORE_LSE), FlashAttention-2's backward pass in Triton, and ``tiled.LseAttention`` joining them for autograd.
 
     out = flash_attention_train(q, k, v, causal=True)     # q (B, H, Tq, d), k/v (B, H_kv, Tk, d), fp16/bf16
     out.sum().backward()                                  # q.grad, k.grad, v.grad from the Triton kernels
@@ -30,58 +30,18 @@ import math
 
 import torch
 
+from .tiled import LseAttention
 from .triton_flash import check_inputs, interpreter_numpy_fix, interpreting, triton
 
 if triton is not None:
     import triton.language as tl
 
-    from .triton_flash import _attend_blocks
+    from .triton_flash import _flash_fwd, _key_range
 
 LOG2E = 1.4426950408889634
 
 
 if triton is not None:
-
-    @triton.jit
-    def _flash_fwd_lse(Q, K, V, O, L, qk_scale,
-                       stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
-                       stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_om,
-                       H, GROUP, T_Q, T_K, OFFSET,
-                       HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-        """Chapter 10's forward kernel (the same block loop, ``_attend_blocks``), which also writes L (B, H, Tq):
-        each row's logsumexp in base 2, +inf for rows that see no key."""
-        start_m = tl.program_id(0)
-        bh = tl.program_id(1)
-        b, h = bh // H, bh % H
-        h_kv = h // GROUP
-        offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        offs_n = tl.arange(0, BLOCK_N)
-        offs_d = tl.arange(0, HEAD_DIM)
-        q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
-                    mask=offs_m[:, None] < T_Q, other=0.0)
-        k_ptrs = K + b * stride_kb + h_kv * stride_kh + offs_n[None, :] * stride_kn + offs_d[:, None]
-        v_ptrs = V + b * stride_vb + h_kv * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :]
-        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-        if CAUSAL:
-            hi = tl.minimum(T_K, (start_m + 1) * BLOCK_M + OFFSET)
-            lo_masked = tl.maximum(start_m * BLOCK_M + OFFSET, 0)
-        else:
-            hi = T_K
-            lo_masked = T_K
-        hi = tl.maximum(hi, 0)
-        full_stop = tl.minimum(tl.minimum(lo_masked, hi) // BLOCK_N * BLOCK_N, T_K // BLOCK_N * BLOCK_N)
-        acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m,
-                                       0, full_stop, T_K, OFFSET, qk_scale, BLOCK_N, False, CAUSAL)
-        acc, l_i, m_i = _attend_blocks(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m,
-                                       full_stop, hi, T_K, OFFSET, qk_scale, BLOCK_N, True, CAUSAL)
-        seen = l_i > 0
-        out = tl.where(seen[:, None], acc / tl.where(seen, l_i, 1.0)[:, None], 0.0)
-        tl.store(O + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
-                 out.to(O.dtype.element_ty), mask=offs_m[:, None] < T_Q)
-        lse = tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("inf"))
-        tl.store(L + bh * T_Q + offs_m, lse, mask=offs_m < T_Q)
 
     @triton.jit
     def _bwd_delta(O, DO, DELTA, stride_ob, stride_oh, stride_om, stride_db, stride_dh, stride_dm, H, T_Q,
@@ -230,14 +190,8 @@ if triton is not None:
         k_ptrs = K + b * stride_kb + h_kv * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :]
         v_ptrs = V + b * stride_vb + h_kv * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :]
         dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-        if CAUSAL:   # the forward pass's bounds: whole visible blocks unmasked, then the diagonal and the end
-            hi = tl.minimum(T_K, (start_m + 1) * BLOCK_M + OFFSET)
-            lo_masked = tl.maximum(start_m * BLOCK_M + OFFSET, 0)
-        else:
-            hi = T_K
-            lo_masked = T_K
-        hi = tl.maximum(hi, 0)
-        full_stop = tl.minimum(tl.minimum(lo_masked, hi) // BLOCK_N * BLOCK_N, T_K // BLOCK_N * BLOCK_N)
+        # the forward pass's bounds: whole visible blocks unmasked, then the diagonal and the end
+        full_stop, hi = _key_range(start_m, T_K, OFFSET, CAUSAL, BLOCK_M, BLOCK_N)
         dq = _dq_blocks(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, 0, full_stop, T_K,
                         OFFSET, qk_scale, BLOCK_N, False, CAUSAL)
         dq = _dq_blocks(dq, q, do, lse, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, full_stop, hi, T_K,
@@ -259,11 +213,14 @@ def _blocks(d: int) -> dict:
 
 
 def _launch(kernel, grid, *args, block: tuple, **meta):
+    """kernel[grid](*args) with the block shape (BLOCK_M, BLOCK_N or None, warps, stages); the interpreter takes
+    no warps or stages."""
     bm, bn, warps, stages = block
+    shape = {"BLOCK_M": bm} if bn is None else {"BLOCK_M": bm, "BLOCK_N": bn}
     if interpreting():
         interpreter_numpy_fix()
-        return kernel[grid](*args, BLOCK_M=bm, BLOCK_N=bn, **meta)
-    return kernel[grid](*args, BLOCK_M=bm, BLOCK_N=bn, num_warps=warps, num_stages=stages, **meta)
+        return kernel[grid](*args, **shape, **meta)
+    return kernel[grid](*args, **shape, num_warps=warps, num_stages=stages, **meta)
 
 
 def flash_forward_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
@@ -278,10 +235,12 @@ def flash_forward_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal:
     out = torch.empty_like(q)
     lse = torch.empty((b, h, t_q), device=q.device, dtype=torch.float32)
     block = _blocks(d)["fwd"]
-    _launch(_flash_fwd_lse, (triton.cdiv(t_q, block[0]), b * h), q, k, v, out, lse, scale * LOG2E,
+    # chapter 10's kernel with its logsumexp store on, at a fixed block shape (.fn: past the autotuner)
+    _launch(_flash_fwd.fn, (triton.cdiv(t_q, block[0]), b * h), q, k, v, out, lse, scale * LOG2E,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-            h, h // h_kv, t_q, t_k, t_k - t_q, block=block, HEAD_DIM=d, CAUSAL=causal)
+            h, h // h_kv, t_q, t_k, t_k - t_q, min(triton.next_power_of_2(t_k), 16384), block=block, HEAD_DIM=d,
+            CAUSAL=causal, STORE_LSE=True)
     return out, lse
 
 
@@ -296,11 +255,8 @@ def flash_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
     delta = torch.empty_like(lse)
     bm = blocks["dq"][0]
     grid = (triton.cdiv(t_q, bm), b * h)
-    meta = {} if interpreting() else {"num_warps": 4}
-    if interpreting():
-        interpreter_numpy_fix()
-    _bwd_delta[grid](out, do, delta, out.stride(0), out.stride(1), out.stride(2), do.stride(0), do.stride(1),
-                     do.stride(2), h, t_q, HEAD_DIM=d, BLOCK_M=bm, **meta)
+    _launch(_bwd_delta, grid, out, do, delta, out.stride(0), out.stride(1), out.stride(2), do.stride(0),
+            do.stride(1), do.stride(2), h, t_q, block=(bm, None, 4, 1), HEAD_DIM=d)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
@@ -316,24 +272,7 @@ def flash_backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.
     return dq, dk, dv
 
 
-class FlashAttention(torch.autograd.Function):
-    """Attention whose forward and backward passes are the course's Triton kernels."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, causal: bool = True, scale: float | None = None):
-        out, lse = flash_forward_lse(q, k, v, causal, scale)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.causal, ctx.scale = causal, scale
-        return out
-
-    @staticmethod
-    def backward(ctx, do):
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = flash_backward(do, q, k, v, out, lse, ctx.causal, ctx.scale)
-        return dq, dk, dv, None, None
-
-
 def flash_attention_train(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
                           scale: float | None = None) -> torch.Tensor:
     """Attention of q (B, H, Tq, d) over k, v (B, H_kv, Tk, d), differentiable through the Triton kernels."""
-    return FlashAttention.apply(q, k, v, causal, scale)
+    return LseAttention.apply(q, k, v, causal, scale, flash_forward_lse, flash_backward)
