@@ -10,6 +10,7 @@
     python -m course_lib.bench bnb [--device cuda|cpu] [--part all|speed|finetune] [--quick] [--threads N]  (chapter 05)
     python -m course_lib.bench kv-decode [--device cpu|cuda] [--model tiny] [--threads 2] [--name ...]
     python -m course_lib.bench attention [--name ...] [--tune quick|full] [--smoke]
+    python -m course_lib.bench attention-train [--name ...] [--smoke]
     python -m course_lib.bench dequant-matmul [--name ...]   (chapter 11: the PyTorch baseline)
     python -m course_lib.bench memory [--name ...] [--quick]   (chapter 11: the estimator against the GPU allocator)
     python -m course_lib.bench w4a16 [--name ...] [--quick] [--parts step ladder ...]  (chapter 11: the fused kernel)
@@ -103,6 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     at.add_argument("--tune", choices=("quick", "full"), default=None,
                     help="the course kernel's autotuning: 2 or 7 configurations (default: COURSE_FLASH_TUNE, else full)")
     at.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks the code, records nothing real")
+    atr = sub.add_parser("attention-train", help="attention forward + backward: the course kernels vs SDPA flash, "
+                         "efficient and cuDNN, causal, non-causal and GQA")
+    atr.add_argument("--name", default=None, help="result file name (default: <gpu>_attention_train)")
+    atr.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU: checks the code, records nothing real")
     dq = sub.add_parser("dequant-matmul", help="chapter 11: 4-bit dequantize-then-matmul in PyTorch vs fp16 "
                         "cuBLAS at Llama-3-8B decode shapes")
     dq.add_argument("--name", default=None, help="result file name (default: <gpu>_dequant_matmul)")
@@ -196,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
             from .attention.bench import record_attention
 
             record_attention(args.name, tune=args.tune, smoke=args.smoke)
+        elif args.bench == "attention-train":
+            from .attention.bench_train import record_attention_train
+
+            record_attention_train(args.name, smoke=args.smoke)
         elif args.bench == "dequant-matmul":
             from .kernels.dequant_bench import record_dequant_matmul
 

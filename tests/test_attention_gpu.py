@@ -110,3 +110,49 @@ def test_training_with_the_triton_kernels_follows_sdpa():
     run = compare_training(steps=10, batch=8, seq_len=256, device="cuda")
     assert run["attention"] == "triton"
     assert run["max_rel_diff"] < 2e-2, run
+
+
+hopper = pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9),
+                            reason="needs a Hopper GPU (TMA)")
+
+
+@hopper
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("causal", [True, False])
+def test_hopper_kernel_equals_reference(shape, dtype, head_dim, causal):
+    """The TMA kernel at its chosen blocks and with each switch (scores ahead, persistent grid): the same attention,
+    and the same base-2 logsumexp per row (+inf where a row sees no key)."""
+    from course_lib.attention.triton_hopper import CONFIGS, flash_attention_hopper
+
+    b, h, h_kv, t_q, t_k = shape
+    g = torch.Generator(device="cuda").manual_seed(2)
+    q = torch.randn(b, h, t_q, head_dim, device="cuda", generator=g).to(dtype)
+    k, v = (torch.randn(b, h_kv, t_k, head_dim, device="cuda", generator=g).to(dtype) for _ in range(2))
+    ref = naive_attention(q.float(), k.float(), v.float(), causal=causal).to(dtype)
+    kr = k.float().repeat_interleave(h // h_kv, 1)
+    scores = q.float() @ kr.transpose(-1, -2) / head_dim**0.5
+    if causal:
+        i = torch.arange(t_q, device="cuda")[:, None] + (t_k - t_q)
+        scores = scores.masked_fill(torch.arange(t_k, device="cuda")[None, :] > i, float("-inf"))
+    lse_ref = torch.logsumexp(scores, -1) * 1.4426950408889634
+    lse_ref = torch.where(lse_ref.isneginf(), torch.full_like(lse_ref, float("inf")), lse_ref)
+    base = CONFIGS[head_dim, causal]
+    for cfg in (base, base._replace(ahead=True), base._replace(persistent=True)):
+        out, lse = flash_attention_hopper(q, k, v, causal=causal, lse=True, config=cfg)
+        assert not out.isnan().any(), cfg
+        torch.testing.assert_close(out, ref, **TOL[dtype])
+        torch.testing.assert_close(lse, lse_ref, rtol=1e-3, atol=2e-2 if dtype == torch.bfloat16 else 2e-3)
+
+
+@hopper
+def test_hopper_kernel_takes_transposed_inputs():
+    """transformers hands attention (B, H, T, d) views of (B, T, H, d) tensors: the descriptors take their strides."""
+    from course_lib.attention.triton_hopper import flash_attention_hopper
+
+    g = torch.Generator(device="cuda").manual_seed(4)
+    q, k, v = (torch.randn(2, 300, 4, 64, device="cuda", generator=g, dtype=torch.bfloat16).transpose(1, 2)
+               for _ in range(3))
+    ref = naive_attention(q.float(), k.float(), v.float(), causal=True).to(torch.bfloat16)
+    torch.testing.assert_close(flash_attention_hopper(q, k, v, causal=True), ref, **TOL[torch.bfloat16])

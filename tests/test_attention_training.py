@@ -55,3 +55,19 @@ def test_what_it_does_not_support_is_refused():
     assert out.shape == (1, 8, 2, 16) and weights is None
     with pytest.raises(ValueError, match="must be positive"):
         training.compare_training(steps=0)
+
+
+def test_course_attention_follows_autocast():
+    """Under autocast, q, k, v reach the kernels in autocast's dtype, as SDPA's do (a Llama layer's rotary embedding
+    hands over float32 q and k), and the gradients flow back to the float32 inputs."""
+    from course_lib.attention.training import course_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 16, 8, generator=g, requires_grad=True) for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = course_attention(q, k, v)
+    assert out.dtype == torch.bfloat16 and course_attention.last_path == "pytorch (tiled)"
+    out.float().sum().backward()
+    assert q.grad is not None and q.grad.dtype == torch.float32 and q.grad.abs().sum() > 0
+    ref = course_attention(q.detach(), k.detach(), v.detach())
+    assert ref.dtype == torch.float32 and (out.float() - ref).abs().max() < 0.05

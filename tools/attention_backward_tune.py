@@ -1,5 +1,6 @@
-"""Issue 28: the tuning sweep of the Triton backward's block shapes on a GPU (head_dim 128, 4k tokens); output in
-data/results/h200_attention_backward_tune.log. Run from the repository root: PYTHONPATH=$PWD python3 tools/attention_backward_tune.py"""
+"""Issue 28: the tuning sweep of the Triton backward's block shapes on a GPU (head_dim 128, or D=64 in the
+environment, 4k tokens); output in data/results/h200_attention_backward_tune[_d64].log. Run from the repository root: PYTHONPATH=$PWD python3 tools/attention_backward_tune.py"""
+import os
 import time
 
 import torch
@@ -7,7 +8,7 @@ import torch
 import course_lib.attention.triton_train as tt
 from course_lib.core.timing import median_time
 dev = torch.device("cuda"); t0 = time.time()
-T, d = 4096, 128
+T, d = 4096, int(os.environ.get("D", 128))
 B, H = 16384 // T, 2048 // d
 q, k, v, do = (torch.randn(B, H, T, d, device=dev, dtype=torch.bfloat16) for _ in range(4))
 base = tt._blocks

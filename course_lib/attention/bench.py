@@ -1,4 +1,4 @@
-"""Attention forward benchmarks on a GPU: naive PyTorch, SDPA's four backends and the course kernel.
+"""Attention forward benchmarks on a GPU: naive PyTorch, SDPA's four backends and the course's two kernels.
 
     python -m course_lib.bench attention [--name h200_attention] [--tune quick|full]
     python -m course_lib.bench attention --smoke        (CPU, tiny sizes: checks the code paths, not a result)
@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-BACKENDS = ("naive", "naive bf16", "sdpa math", "sdpa flash", "sdpa efficient", "sdpa cudnn", "course triton")
+BACKENDS = ("naive", "naive bf16", "sdpa math", "sdpa flash", "sdpa efficient", "sdpa cudnn", "course triton",
+            "course hopper")
 SDPA = {"sdpa math": "MATH", "sdpa flash": "FLASH_ATTENTION", "sdpa efficient": "EFFICIENT_ATTENTION",
         "sdpa cudnn": "CUDNN_ATTENTION"}
 SEQ_LENS = (512, 1024, 2048, 4096, 8192, 16384)
@@ -52,6 +53,10 @@ def _runner(backend: str, causal: bool):
         return lambda q, k, v: naive_attention(q, k, v, causal=causal, dtype=None)
     if backend == "course triton":
         return lambda q, k, v: flash_attention_triton(q, k, v, causal=causal)
+    if backend == "course hopper":  # the TMA kernel (triton_hopper); refuses other GPUs with a note in the row
+        from .triton_hopper import flash_attention_hopper
+
+        return lambda q, k, v: flash_attention_hopper(q, k, v, causal=causal)
     if backend not in SDPA:
         raise ValueError(f"Unknown backend {backend!r}; choose from {BACKENDS}.")
     kind = getattr(SDPBackend, SDPA[backend])
@@ -216,9 +221,9 @@ def course_vs(rows: list[dict], other: str) -> list[dict]:
     out = []
     for (causal, d, t, backend), r in by.items():
         o = by.get((causal, d, t, other))
-        if backend == "course triton" and r.get("tflops") and o and o.get("tflops"):
-            out.append({"causal": causal, "head_dim": d, "seq_len": t, "course / " + other: r["tflops"] / o["tflops"],
-                        "spread": r.get("spread", 0.0) + o.get("spread", 0.0)})
+        if backend.startswith("course") and r.get("tflops") and o and o.get("tflops"):
+            out.append({"causal": causal, "head_dim": d, "seq_len": t, "kernel": backend,
+                        "course / " + other: r["tflops"] / o["tflops"], "spread": r.get("spread", 0.0) + o.get("spread", 0.0)})
     return out
 
 

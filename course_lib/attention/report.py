@@ -8,11 +8,14 @@ non-causal attention, a spread or the roofs simply lack those fields; the functi
 
 from __future__ import annotations
 
+import dataclasses
+import statistics
+
 from ..core.results import RESULTS_DIR, Recorded, load_result
 from .bench import SPEC_BF16_TFLOPS, attention_flops
 from .tiled import tile_grid
 
-FUSED = ("sdpa flash", "sdpa efficient", "sdpa cudnn", "course triton")
+FUSED = ("sdpa flash", "sdpa efficient", "sdpa cudnn", "course triton", "course hopper")
 
 
 def load_attention(names=("h200_attention", "h100_attention")) -> Recorded:
@@ -207,3 +210,77 @@ def naive_longest(rec: Recorded, *, memory_gib: float, heads: int = 32, batch: i
     bytes_per = max(per)
     return {"bytes per score element": bytes_per,
             "longest T": int((memory_gib * 2**30 / (bytes_per * batch * heads)) ** 0.5)}
+
+
+# --- the Hopper kernel's steps (tools/attention_hopper_sweep.py, tools/attention_ahead_sweep.py) ----------------
+
+def _config(c) -> str:
+    if not c:
+        return ""
+    text = f"{c[0]}x{c[1]}, {c[2]} warps, {c[3]} stages"
+    return text + "".join(f", {n}" for n, on in zip(("warp spec", "persistent", "ahead"), c[4:]) if on)
+
+
+def hopper_steps(rec: Recorded, *, head_dim: int, causal: bool) -> list[dict]:
+    """Each step of the sweep at one point, best configuration first within a step: TFLOP/s, share of the spec
+    peak, ratio to chapter 10's autotuned kernel, how many configurations were tried and how many failed to build."""
+    rows = [r for r in rec.rows if r.get("kind") == "step" and r["head_dim"] == head_dim and r["causal"] == causal]
+    base = next(r["tflops"] for r in rows if r["step"].startswith("chapter 10"))
+    out = []
+    for step in dict.fromkeys(r["step"] for r in rows):
+        tried = [r for r in rows if r["step"] == step]
+        done = [r for r in tried if r.get("tflops")]
+        top = max(done, key=lambda r: r["tflops"]) if done else tried[0]
+        tf = top.get("tflops")
+        out.append({"step": step, "best config": _config(top.get("config")), "TFLOP/s": tf,
+                    "% of spec": 100 * tf / SPEC_BF16_TFLOPS if tf else None,
+                    "vs chapter 10": tf / base if tf else None, "tried": len(tried), "failed": len(tried) - len(done),
+                    "error": "" if done else top.get("error", "")[:48]})
+    return out
+
+
+def ahead_table(rec: Recorded) -> list[dict]:
+    """Scores-ahead against the same kernel without it (and the best block shape with it), mean of two rounds."""
+    by = {(r["head_dim"], r["causal"], r["seq_len"], r["variant"]): r.get("tflops") for r in rec.rows}
+    out = []
+    for d, causal, t in dict.fromkeys(k[:3] for k in by):
+        base, ahead = by[d, causal, t, "base"], by[d, causal, t, "ahead"]
+        best = max(v for k, v in by.items() if k[:3] == (d, causal, t) and k[3].startswith("ahead") and v)
+        out.append({"head_dim": d, "causal": causal, "seq_len": t, "cudnn": by[d, causal, t, "cudnn"], "base": base,
+                    "ahead": ahead, "ahead / base": ahead / base, "best ahead / base": best / base})
+    return out
+
+
+# --- forward and backward for training (bench_train.py) ----------------------------------------------------------
+
+def train_view(rec: Recorded, what: str, *, kv_group: int = 1) -> Recorded:
+    """The training benchmark's forward ('fwd') or backward ('bwd') rows as forward-benchmark rows (tflops, spread,
+    ms), one query-heads-per-KV-head ratio only, so that ``ratios``, ``standing`` and ``select`` read them."""
+    rows = [{**r, "tflops": r.get(f"{what}_tflops"), "spread": r.get(f"{what}_spread", 0.0), "ms": r.get(f"{what}_ms")}
+            for r in rec.rows if r["heads"] // r["kv_heads"] == kv_group]
+    return dataclasses.replace(rec, rows=rows)
+
+
+def train_table(rec: Recorded, *, head_dim: int, causal: bool, kv_group: int = 1, lengths=None) -> list[dict]:
+    """Per length: forward and backward TFLOP/s of each backend, and the course's backward over flash's and cuDNN's."""
+    fwd, bwd = (train_view(rec, w, kv_group=kv_group) for w in ("fwd", "bwd"))
+    out = []
+    for t in sorted({r["seq_len"] for r in select(bwd, causal=causal, head_dim=head_dim, lengths=lengths)}):
+        row = {"seq_len": t}
+        for w, view in (("fwd", fwd), ("bwd", bwd)):
+            for r in select(view, causal=causal, head_dim=head_dim, lengths=(t,)):
+                row[f"{w} {r['backend'].replace('sdpa ', '')}"] = r.get("tflops")
+        for other in ("flash", "cudnn"):
+            if row.get("bwd course") and row.get(f"bwd {other}"):
+                row[f"bwd course / {other}"] = row["bwd course"] / row[f"bwd {other}"]
+        out.append(row)
+    return out
+
+
+def loss_agreement(rec: Recorded) -> dict:
+    """The training run: steps, the largest relative loss difference, both losses at the start and end, ms per step."""
+    gaps = [abs(r["sdpa"] - r["course"]) / abs(r["sdpa"]) for r in rec.rows]
+    return {"steps": len(rec.rows), "max rel diff": max(gaps), "median rel diff": statistics.median(gaps),
+            "first loss (sdpa, course)": f"{rec.rows[0]['sdpa']:.4f}, {rec.rows[0]['course']:.4f}",
+            "last loss (sdpa, course)": f"{rec.rows[-1]['sdpa']:.4f}, {rec.rows[-1]['course']:.4f}",
+            **{f"ms/step {k}": v for k, v in rec.summary["ms_per_step"].items()}}

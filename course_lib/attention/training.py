@@ -32,12 +32,25 @@ def triton_path(q: torch.Tensor) -> bool:
 
 def course_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = True,
                      scale: float | None = None) -> torch.Tensor:
-    """Differentiable attention of q (B, H, Tq, d) over k, v (B, H_kv, Tk, d): Triton where it can, else PyTorch."""
+    """Differentiable attention of q (B, H, Tq, d) over k, v (B, H_kv, Tk, d): Triton where it can, else PyTorch.
+
+    Under autocast the inputs are cast to its dtype first, as autocast does for SDPA: in a Llama layer q and k come
+    out of the rotary embedding in float32 (bf16 projections times float32 cos/sin), which the kernels do not take.
+    ``course_attention.last_path`` says which version ran last ("triton" or "pytorch (tiled)")."""
+    kind = q.device.type
+    if torch.is_autocast_enabled(kind):
+        low = torch.get_autocast_dtype(kind)
+        q, k, v = q.to(low), k.to(low), v.to(low)
     if triton_path(q):
         from .triton_train import flash_attention_train
 
+        course_attention.last_path = "triton"
         return flash_attention_train(q, k, v, causal=causal, scale=scale)
+    course_attention.last_path = "pytorch (tiled)"
     return LseAttention.apply(q, k, v, causal, scale, *TILED)
+
+
+course_attention.last_path = None
 
 
 def _course_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,
@@ -123,9 +136,7 @@ def compare_training(steps: int = 20, *, batch: int = 8, seq_len: int = 256, lr:
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - start)
             losses[name].append(loss.item())
-    head = models["course"].model.layers[0].self_attn
-    q_probe = torch.empty(1, 1, 1, head.head_dim, device=device, dtype=torch.bfloat16 if cuda else torch.float32)
     return {"sdpa": losses["sdpa"], "course": losses["course"],
             "max_rel_diff": max(abs(a - b) / abs(a) for a, b in zip(losses["sdpa"], losses["course"])),
             "ms_per_step": {n: 1e3 * statistics.median(t[1:] or t) for n, t in times.items()},
-            "device": str(device), "attention": "triton" if triton_path(q_probe) else "pytorch (tiled)"}
+            "device": str(device), "attention": course_attention.last_path}
