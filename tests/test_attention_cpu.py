@@ -478,3 +478,18 @@ def test_attention_train_bench_smoke_on_cpu(tmp_path):
     assert {r["heads"] // r["kv_heads"] for r in rec.rows} == {1, 4}
     timed = [r for r in rec.rows if not r["note"]]
     assert timed and all(r["fwd_tflops"] > 0 and r["bwd_tflops"] > 0 and r["bwd_spread"] >= 0 for r in timed)
+
+
+def test_tma_ready_checks_alignment():
+    """TMA describes a tensor only with a contiguous last dimension and 16-byte aligned base and strides; the training
+    forward falls back to chapter 10's kernel otherwise, and the Hopper kernel's own error says to call .contiguous()."""
+    from course_lib.attention.triton_hopper import _descriptor, tma_ready
+
+    x = torch.zeros(2, 4, 32, 64, dtype=torch.float16)
+    assert tma_ready(x) and tma_ready(x.transpose(1, 2).contiguous().transpose(1, 2))  # (B, T, H, d) viewed as (B, H, T, d)
+    assert not tma_ready(x[..., 1:])              # base off by 2 bytes, last dimension 63
+    assert not tma_ready(x.transpose(-1, -2))     # last dimension strided
+    odd = torch.zeros(2, 4, 32, 68, dtype=torch.float16)[..., :60]  # rows of 136 bytes: 8-byte aligned only
+    assert not tma_ready(odd)
+    with pytest.raises(ValueError, match="contiguous"):
+        _descriptor(odd, 16, 60)

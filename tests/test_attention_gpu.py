@@ -156,3 +156,35 @@ def test_hopper_kernel_takes_transposed_inputs():
                for _ in range(3))
     ref = naive_attention(q.float(), k.float(), v.float(), causal=True).to(torch.bfloat16)
     torch.testing.assert_close(flash_attention_hopper(q, k, v, causal=True), ref, **TOL[torch.bfloat16])
+
+
+@cuda
+@pytest.mark.parametrize("shape", [(2, 8, 2, 1000, 1000), (1, 4, 4, 300, 77), (2, 4, 2, 1, 513)])
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_training_forward_off_hopper(monkeypatch, shape, head_dim):
+    """On GPUs without TMA (A100, L4: Colab) the training forward is chapter 10's kernel with its logsumexp store:
+    forced here on any GPU, its output, lse and the gradients built on them equal float32 attention's."""
+    import course_lib.attention.triton_train as tt
+
+    monkeypatch.setattr(tt, "is_hopper", lambda device=None: False)
+    b, h, h_kv, t_q, t_k = shape
+    g = torch.Generator(device="cuda").manual_seed(5)
+    q = torch.randn(b, h, t_q, head_dim, device="cuda", generator=g).to(torch.bfloat16)
+    k, v = (torch.randn(b, h_kv, t_k, head_dim, device="cuda", generator=g).to(torch.bfloat16) for _ in range(2))
+    out, lse = tt.flash_forward_lse(q, k, v, causal=True)
+    scores = q.float() @ k.float().repeat_interleave(h // h_kv, 1).transpose(-1, -2) / head_dim**0.5
+    i = torch.arange(t_q, device="cuda")[:, None] + (t_k - t_q)
+    scores = scores.masked_fill(torch.arange(t_k, device="cuda")[None, :] > i, float("-inf"))
+    want = torch.logsumexp(scores, -1) * 1.4426950408889634
+    empty = want.isneginf()
+    assert torch.equal(lse.isinf(), empty)
+    torch.testing.assert_close(lse[~empty], want[~empty], rtol=1e-3, atol=2e-2)
+    ref = naive_attention(q.float(), k.float(), v.float(), causal=True).nan_to_num()
+    torch.testing.assert_close(out.float(), ref, **TOL[torch.bfloat16])
+    qs, ks, vs = (t.clone().requires_grad_() for t in (q, k, v))
+    tt.flash_attention_train(qs, ks, vs, causal=True).float().sum().backward()
+    qr, kr, vr = (t.float().requires_grad_() for t in (q, k, v))
+    naive_attention(qr, kr, vr, causal=True).nan_to_num().sum().backward()
+    for mine, exact in ((qs, qr), (ks, kr), (vs, vr)):
+        err = (mine.grad.float() - exact.grad).abs().max() / exact.grad.abs().max().clamp_min(1e-6)
+        assert err < 3e-2

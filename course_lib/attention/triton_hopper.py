@@ -175,9 +175,15 @@ def is_hopper(device: torch.device | None = None) -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] == 9
 
 
+def tma_ready(*ts: torch.Tensor) -> bool:
+    """Whether TMA can describe these tensors: last dimension contiguous, base and other strides 16-byte aligned."""
+    return all(t.stride(-1) == 1 and t.data_ptr() % 16 == 0
+               and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1]) for t in ts)
+
+
 def _descriptor(t: torch.Tensor, rows: int, d: int):
     """A TMA descriptor of a (B, H, T, d) tensor whose tiles are `rows` tokens of one head."""
-    if t.data_ptr() % 16 or any(s * t.element_size() % 16 for s in t.stride()[:-1]):
+    if not tma_ready(t):
         raise ValueError("TMA needs 16-byte aligned tensors and strides: call .contiguous() on q, k, v first.")
     return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, d])
 

@@ -31,7 +31,7 @@ import math
 import torch
 
 from .tiled import LseAttention
-from .triton_hopper import flash_attention_hopper, is_hopper
+from .triton_hopper import flash_attention_hopper, is_hopper, tma_ready
 from .triton_flash import check_inputs, interpreter_numpy_fix, interpreting, triton
 
 if triton is not None:
@@ -233,7 +233,7 @@ def flash_forward_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal:
     (triton_hopper), elsewhere chapter 10's kernel."""
     check_inputs(q, k, v)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    if q.is_cuda and is_hopper(q.device) and (scale is None or scale > 0):  # the TMA kernel: faster on sm_90
+    if q.is_cuda and is_hopper(q.device) and (scale is None or scale > 0) and tma_ready(q, k, v):  # faster on sm_90
         return flash_attention_hopper(q, k, v, causal=causal, scale=scale, lse=True)
     b, h, t_q, d = q.shape
     h_kv, t_k = k.shape[1], k.shape[2]
