@@ -128,15 +128,28 @@ def test_attention_bench_needs_cuda(capsys):
         assert "CUDA" in capsys.readouterr().err
 
 
-def test_triton_kernel_under_the_interpreter():
-    """Triton's interpreter (TRITON_INTERPRET=1) runs the course kernel on CPU: same answers as naive attention."""
+def _interpret(script: str) -> str:
+    """Run `script` in a fresh Python under Triton's interpreter (TRITON_INTERPRET=1 must be set before Triton is
+    imported) and return its last printed line; the test fails with the script's traceback if it raises."""
     import os
     import subprocess
     import sys
     import textwrap
 
     pytest.importorskip("triton", reason="Triton has wheels for Linux x86_64 only")
-    script = textwrap.dedent("""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    # NumPy >= 2.4 refuses int() of a shape-(1,) array, which Triton 3.6's interpreter does for loop bounds;
+    # older NumPy only warns, so the warning is made an error here: the test fails on every NumPy without the fix.
+    numpy_24 = ["-W", "error:Conversion of an array with ndim:DeprecationWarning"]
+    done = subprocess.run([sys.executable, *numpy_24, "-c", textwrap.dedent(script)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_triton_kernel_under_the_interpreter():
+    """Triton's interpreter (TRITON_INTERPRET=1) runs the course kernel on CPU: same answers as naive attention."""
+    worst = _interpret("""
         import torch
         from course_lib.attention.reference import naive_attention
         from course_lib.attention.triton_flash import flash_attention_triton
@@ -152,26 +165,13 @@ def test_triton_kernel_under_the_interpreter():
             worst = max(worst, (out.float() - ref).abs().max().item())
         print(worst)
     """)
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    # NumPy >= 2.4 refuses int() of a shape-(1,) array, which Triton 3.6's interpreter does for loop bounds;
-    # older NumPy only warns, so the warning is made an error here: the test fails on every NumPy without the fix.
-    numpy_24 = ["-W", "error:Conversion of an array with ndim:DeprecationWarning"]
-    done = subprocess.run([sys.executable, *numpy_24, "-c", script], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert float(done.stdout.strip().splitlines()[-1]) < 3e-3  # fp16 inputs, fp32 accumulation
+    assert float(worst) < 3e-3  # fp16 inputs, fp32 accumulation
 
 
 def test_hopper_kernel_under_the_interpreter():
     """The TMA kernel under Triton's interpreter: every switch (scores ahead, persistent grid) gives naive
     attention's output and the base-2 logsumexp per row, with +inf for rows that see no key."""
-    import os
-    import subprocess
-    import sys
-    import textwrap
-
-    pytest.importorskip("triton", reason="Triton has wheels for Linux x86_64 only")
-    script = textwrap.dedent("""
+    last = _interpret("""
         import math
         import torch
         from course_lib.attention.reference import naive_attention
@@ -198,10 +198,7 @@ def test_hopper_kernel_under_the_interpreter():
             worst_lse = max(worst_lse, (lse[~empty] - want[~empty]).abs().max().item())
         print(worst, worst_lse)
     """)
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    worst, worst_lse = map(float, done.stdout.strip().splitlines()[-1].split())
+    worst, worst_lse = map(float, last.split())
     assert worst < 3e-3 and worst_lse < 1e-3
 
 
@@ -338,13 +335,7 @@ def test_backward_kernels_under_the_interpreter():
     """The training kernels (forward with the logsumexp, dK/dV and dQ) under Triton's interpreter: outputs, the
     logsumexp and all three gradients equal float32 attention's on ragged lengths, GQA, bottom-right causal
     alignment, rows that see no key (zero output and gradients, never NaN), head dims 64 and 128."""
-    import os
-    import subprocess
-    import sys
-    import textwrap
-
-    pytest.importorskip("triton", reason="Triton has wheels for Linux x86_64 only")
-    script = textwrap.dedent("""
+    worst = _interpret("""
         import math, torch
         from course_lib.attention.reference import naive_attention
         from course_lib.attention.triton_train import flash_attention_train, flash_forward_lse
@@ -375,12 +366,7 @@ def test_backward_kernels_under_the_interpreter():
             worst = max(worst, max(float(e) for e in errs))
         print(worst)
     """)
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    numpy_24 = ["-W", "error:Conversion of an array with ndim:DeprecationWarning"]
-    done = subprocess.run([sys.executable, *numpy_24, "-c", script], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert float(done.stdout.strip().splitlines()[-1]) < 3e-3  # fp16 inputs and gradients, fp32 accumulation
+    assert float(worst) < 3e-3  # fp16 inputs and gradients, fp32 accumulation
 
 
 @pytest.mark.parametrize("h, h_kv, t_q, t_k, causal", [(4, 2, 37, 53, True), (2, 1, 40, 9, True),

@@ -112,6 +112,18 @@ def test_training_with_the_triton_kernels_follows_sdpa():
     assert run["max_rel_diff"] < 2e-2, run
 
 
+def _base2_lse(q: torch.Tensor, k: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Each query row's logsumexp of its scaled scores in base 2, in float32 (bottom-right causal, GQA); +inf for a
+    row that sees no key, as the kernels store it."""
+    t_q, t_k = q.shape[2], k.shape[2]
+    scores = q.float() @ k.float().repeat_interleave(q.shape[1] // k.shape[1], 1).transpose(-1, -2) / q.shape[-1] ** 0.5
+    if causal:
+        i = torch.arange(t_q, device=q.device)[:, None] + (t_k - t_q)
+        scores = scores.masked_fill(torch.arange(t_k, device=q.device)[None, :] > i, float("-inf"))
+    lse = torch.logsumexp(scores, -1) * 1.4426950408889634
+    return torch.where(lse.isneginf(), torch.full_like(lse, float("inf")), lse)
+
+
 hopper = pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9),
                             reason="needs a Hopper GPU (TMA)")
 
@@ -131,13 +143,7 @@ def test_hopper_kernel_equals_reference(shape, dtype, head_dim, causal):
     q = torch.randn(b, h, t_q, head_dim, device="cuda", generator=g).to(dtype)
     k, v = (torch.randn(b, h_kv, t_k, head_dim, device="cuda", generator=g).to(dtype) for _ in range(2))
     ref = naive_attention(q.float(), k.float(), v.float(), causal=causal).to(dtype)
-    kr = k.float().repeat_interleave(h // h_kv, 1)
-    scores = q.float() @ kr.transpose(-1, -2) / head_dim**0.5
-    if causal:
-        i = torch.arange(t_q, device="cuda")[:, None] + (t_k - t_q)
-        scores = scores.masked_fill(torch.arange(t_k, device="cuda")[None, :] > i, float("-inf"))
-    lse_ref = torch.logsumexp(scores, -1) * 1.4426950408889634
-    lse_ref = torch.where(lse_ref.isneginf(), torch.full_like(lse_ref, float("inf")), lse_ref)
+    lse_ref = _base2_lse(q, k, causal)
     base = CONFIGS[head_dim, causal]
     for cfg in (base, base._replace(ahead=True), base._replace(persistent=True)):
         out, lse = flash_attention_hopper(q, k, v, causal=causal, lse=True, config=cfg)
@@ -172,11 +178,8 @@ def test_training_forward_off_hopper(monkeypatch, shape, head_dim):
     q = torch.randn(b, h, t_q, head_dim, device="cuda", generator=g).to(torch.bfloat16)
     k, v = (torch.randn(b, h_kv, t_k, head_dim, device="cuda", generator=g).to(torch.bfloat16) for _ in range(2))
     out, lse = tt.flash_forward_lse(q, k, v, causal=True)
-    scores = q.float() @ k.float().repeat_interleave(h // h_kv, 1).transpose(-1, -2) / head_dim**0.5
-    i = torch.arange(t_q, device="cuda")[:, None] + (t_k - t_q)
-    scores = scores.masked_fill(torch.arange(t_k, device="cuda")[None, :] > i, float("-inf"))
-    want = torch.logsumexp(scores, -1) * 1.4426950408889634
-    empty = want.isneginf()
+    want = _base2_lse(q, k, True)
+    empty = want.isinf()
     assert torch.equal(lse.isinf(), empty)
     torch.testing.assert_close(lse[~empty], want[~empty], rtol=1e-3, atol=2e-2)
     ref = naive_attention(q.float(), k.float(), v.float(), causal=True).nan_to_num()

@@ -6,9 +6,8 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from course_lib.attention.bench import _runner
 from course_lib.attention.triton_hopper import CONFIGS, flash_attention_hopper
 from course_lib.core.results import save_result
 from course_lib.core.timing import median_time
@@ -30,12 +29,9 @@ for d in (128, 64):
             res = {name: [] for name in cands}
             for rnd in range(2):
                 for name, cfg in cands.items():
-                    if cfg is None:
-                        def fn():
-                            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-                                return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-                    else:
-                        fn = (lambda c=cfg: flash_attention_hopper(q, k, v, causal=causal, config=c))
+                    run = _runner("sdpa cudnn", causal) if cfg is None else (
+                        lambda q, k, v, c=cfg: flash_attention_hopper(q, k, v, causal=causal, config=c))
+                    fn = (lambda r=run: r(q, k, v))
                     try:
                         fn()
                         res[name].append(fl / median_time(fn, dev, reps=15, warmup=3) / 1e12)

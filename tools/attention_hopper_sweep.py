@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from course_lib.attention.bench import _runner
 from course_lib.attention.reference import naive_attention
 from course_lib.attention.triton_flash import flash_attention_triton, last_config
 from course_lib.attention.triton_hopper import flash_attention_hopper
@@ -66,13 +65,6 @@ def inputs(T, d):
     return [torch.randn(B, H, T, d, device=dev, dtype=torch.bfloat16, generator=g) for _ in range(3)], B, H
 
 
-def sdpa(backend, causal):
-    def run(q, k, v):
-        with sdpa_kernel(backend):
-            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    return run
-
-
 GRID = [(bm, bn, w, s) for bm, bn, w in ((128, 64, 8), (128, 128, 8), (128, 64, 4), (64, 64, 4), (64, 128, 4))
         for s in (2, 3, 4)]
 best = {}
@@ -92,8 +84,8 @@ for d in (128, 64):
             log(row)
             return row
 
-        add("sdpa cudnn", timed(lambda: sdpa(SDPBackend.CUDNN_ATTENTION, causal)(q, k, v)))
-        add("sdpa flash", timed(lambda: sdpa(SDPBackend.FLASH_ATTENTION, causal)(q, k, v)))
+        add("sdpa cudnn", timed(lambda: _runner("sdpa cudnn", causal)(q, k, v)))
+        add("sdpa flash", timed(lambda: _runner("sdpa flash", causal)(q, k, v)))
         r = add("chapter 10 kernel, autotuned", timed(lambda: flash_attention_triton(q, k, v, causal=causal)))
         c = last_config()
         base = (c["BLOCK_M"], c["BLOCK_N"], c["num_warps"], c["num_stages"])
@@ -138,8 +130,8 @@ for d in (128, 64):
             (q, k, v), B, H = inputs(T, d)
             fl = 4 * B * H * T * T * d * (0.5 if causal else 1.0)
             row = {"kind": "scale", "head_dim": d, "causal": causal, "seq_len": T, "config": cfg}
-            for name, fn in (("cudnn", sdpa(SDPBackend.CUDNN_ATTENTION, causal)),
-                             ("flash", sdpa(SDPBackend.FLASH_ATTENTION, causal)),
+            for name, fn in (("cudnn", _runner("sdpa cudnn", causal)),
+                             ("flash", _runner("sdpa flash", causal)),
                              ("hopper", lambda q, k, v: flash_attention_hopper(q, k, v, causal=causal,
                                                                                 config=tuple(cfg)))):
                 ms = timed(lambda: fn(q, k, v))

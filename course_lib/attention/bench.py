@@ -100,6 +100,13 @@ def _samples(fn, device: torch.device, *, target_s: float, min_reps: int = 3, ma
     return [sample(inner) for _ in range(reps)]
 
 
+def _median_spread(passes: list[list[float]]) -> tuple[float, float]:
+    """Seconds per call, the median of every sample of the timing passes, and their spread: the largest pass median
+    over the smallest, minus 1 (a difference smaller than that between two rows reads as a tie)."""
+    medians = [statistics.median(p) for p in passes]
+    return statistics.median([x for p in passes for x in p]), max(medians) / min(medians) - 1
+
+
 def _note(exc: Exception) -> str:
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return "out of memory"
@@ -157,9 +164,8 @@ def attention_rows(*, seq_lens=SEQ_LENS, head_dims=(64, 128), backends=BACKENDS,
             for b in backends:
                 row = point[b]
                 if "note" not in row:
-                    medians = [statistics.median(r) for r in runs[b]]
-                    seconds = statistics.median(runs[b][0] + runs[b][1])
-                    row.update(ms=seconds * 1e3, spread=max(medians) / min(medians) - 1, tflops=flops / seconds / 1e12,
+                    seconds, spread = _median_spread(runs[b])
+                    row.update(ms=seconds * 1e3, spread=spread, tflops=flops / seconds / 1e12,
                                note="")
                 rows.append(row)
                 print({k_: round(v_, 4) if isinstance(v_, float) else v_ for k_, v_ in row.items()}, flush=True)

@@ -18,13 +18,13 @@ the backends, with their difference as the spread; shares are of the 989 TFLOP/s
 
 from __future__ import annotations
 
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from .bench import HIDDEN, SDPA, SEQ_LENS, SPEC_BF16_TFLOPS, TOKENS, _note, _samples, _sync, attention_flops
+from .bench import (HIDDEN, SDPA, SEQ_LENS, SPEC_BF16_TFLOPS, TOKENS, _median_spread, _note, _samples, _sync,
+                    attention_flops)
 
 BACKENDS = ("sdpa flash", "sdpa efficient", "sdpa cudnn", "course")
 GQA_LENS = (4096, 16384)
@@ -89,12 +89,11 @@ def train_rows(*, seq_lens=SEQ_LENS, head_dims=(64, 128), backends=BACKENDS, dty
                 row["note"] = notes[b]
             else:
                 for i, (what, work) in enumerate((("fwd", flops), ("bwd", 2.5 * flops))):
-                    medians = [statistics.median(r[i]) for r in runs[b]]
-                    seconds = statistics.median(runs[b][0][i] + runs[b][1][i])
+                    seconds, spread = _median_spread([r[i] for r in runs[b]])
                     row[f"{what}_ms"] = seconds * 1e3
                     row[f"{what}_tflops"] = work / seconds / 1e12
                     row[f"{what}_share"] = work / seconds / 1e12 / SPEC_BF16_TFLOPS
-                    row[f"{what}_spread"] = max(medians) / min(medians) - 1
+                    row[f"{what}_spread"] = spread
                 row["note"] = ""
             rows.append(row)
             print({k_: round(v_, 3) if isinstance(v_, float) else v_ for k_, v_ in row.items()}, flush=True)

@@ -68,6 +68,29 @@ CONFIGS = {(64, True): HopperConfig(64, 128, 4, 2), (64, False): HopperConfig(64
 if triton is not None:
 
     @triton.jit
+    def _softmax_step(acc, l_i, m_i, qk, v, qk_scale, cols, offs_m, T_K, OFFSET, MASKED: tl.constexpr,
+                      CAUSAL: tl.constexpr):
+        """One key block's online-softmax update from its raw scores qk = q·k and its values v. Masked blocks
+        (the diagonal, the sequence end) hide keys past T_K and, causal, in a row's future; unmasked ones see every
+        score, so every row max is finite and each score costs one FMA."""
+        if MASKED:
+            keep = cols[None, :] < T_K
+            if CAUSAL:
+                keep = keep & (cols[None, :] <= offs_m[:, None] + OFFSET)
+            qk = tl.where(keep, qk * qk_scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that see nothing yet
+            p = tl.math.exp2(qk - m_safe[:, None])
+        else:
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+            m_safe = m_new
+            p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+        return acc, l_i, m_new
+
+    @triton.jit
     def _hopper_blocks(acc, l_i, m_i, q, desc_k, desc_v, b, h_kv, offs_m, start, stop, T_K, OFFSET, qk_scale,
                        HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr,
                        WARP_SPEC: tl.constexpr):
@@ -75,36 +98,10 @@ if triton is not None:
         for start_n in tl.range(start, stop, BLOCK_N, warp_specialize=WARP_SPEC):
             start_n = tl.multiple_of(start_n, BLOCK_N)
             k = desc_k.load([b, h_kv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)  # TMA: zeros past T_K
-            qk = tl.dot(q, k.T)  # raw scores q·k in float32
-            if MASKED:
-                cols = start_n + offs_n
-                keep = cols[None, :] < T_K
-                if CAUSAL:
-                    keep = keep & (cols[None, :] <= offs_m[:, None] + OFFSET)
-                qk = tl.where(keep, qk * qk_scale, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(qk, 1))
-                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that see nothing yet
-                p = tl.math.exp2(qk - m_safe[:, None])
-            else:  # every score visible, so every row max is finite: one FMA per score
-                m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-                m_safe = m_new
-                p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-            alpha = tl.math.exp2(m_i - m_safe)
-            l_i = l_i * alpha + tl.sum(p, 1)
             v = desc_v.load([b, h_kv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
-            acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-            m_i = m_new
+            acc, l_i, m_i = _softmax_step(acc, l_i, m_i, tl.dot(q, k.T), v, qk_scale, start_n + offs_n, offs_m, T_K,
+                                          OFFSET, MASKED, CAUSAL)
         return acc, l_i, m_i
-
-    @triton.jit
-    def _softmax_step(acc, l_i, m_i, qk, v, qk_scale):
-        """One unmasked block's online-softmax update, given its raw scores qk and its values v."""
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-        return acc, l_i, m_new
 
     @triton.jit
     def _hopper_blocks_ahead(acc, l_i, m_i, q, desc_k, desc_v, b, h_kv, start, stop, qk_scale,
@@ -119,10 +116,10 @@ if triton is not None:
                 k_next = desc_k.load([b, h_kv, start_n + BLOCK_N, 0]).reshape(BLOCK_N, HEAD_DIM)
                 qk_next = tl.dot(q, k_next.T)
                 v = desc_v.load([b, h_kv, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
-                acc, l_i, m_i = _softmax_step(acc, l_i, m_i, qk, v, qk_scale)
+                acc, l_i, m_i = _softmax_step(acc, l_i, m_i, qk, v, qk_scale, 0, 0, 0, 0, False, False)
                 qk = qk_next
             v = desc_v.load([b, h_kv, stop - BLOCK_N, 0]).reshape(BLOCK_N, HEAD_DIM)
-            acc, l_i, m_i = _softmax_step(acc, l_i, m_i, qk, v, qk_scale)
+            acc, l_i, m_i = _softmax_step(acc, l_i, m_i, qk, v, qk_scale, 0, 0, 0, 0, False, False)
         return acc, l_i, m_i
 
     @triton.jit
